@@ -1,0 +1,181 @@
+"""The DataModule every dataset config builds on: splits in, seeded loaders of dict batches out.
+
+A sample is a dict ``{"input": Tensor, "target": int, "index": int, ...}`` (optionally ``boxes`` and
+``path``). A dataset returns ``None`` for a sample it had to skip (an unreadable file during training);
+``collate`` drops those and reports how many it dropped as ``batch["num_skipped"]`` so the
+LightningModule can count them (``data/skipped`` in results.json) even when loading runs in workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+# Per-sample keys whose values differ in shape between samples; they stay Python lists.
+LIST_KEYS = ("boxes", "path")
+
+
+def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+    kept = [s for s in samples if s is not None]
+    batch: dict[str, Any] = {}
+    if kept:
+        keys = kept[0].keys()
+        batch = {k: default_collate([s[k] for s in kept]) for k in keys if k not in LIST_KEYS}
+        batch.update({k: [s[k] for s in kept] for k in keys if k in LIST_KEYS})
+    batch["num_skipped"] = len(samples) - len(kept)
+    return batch
+
+
+def default_data_root() -> Path:
+    """Datasets live outside the code: ``$VISFEAT_DATA`` or ``datasets/`` at the repository top."""
+    return Path(os.environ.get("VISFEAT_DATA", Path(__file__).resolve().parent.parent / "datasets"))
+
+
+def seeded_split(n: int, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """Disjoint index sets of the given sizes from a seeded permutation of ``range(n)``."""
+    if sum(sizes) > n:
+        raise ValueError(f"split sizes {sizes} need {sum(sizes)} samples but the dataset has {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    bounds = np.cumsum((0, *sizes))
+    return [np.sort(perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def resolve_size(size: float | int, n: int, name: str) -> int:
+    """A split size given as a fraction of ``n`` (0 < size < 1) or as a count."""
+    if isinstance(size, float) and 0 < size < 1:
+        return int(round(size * n))
+    if int(size) != size or not 0 <= size < n:
+        raise ValueError(f"{name}={size} must be a fraction in (0, 1) or a count in [0, {n})")
+    return int(size)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seeds numpy and random in each loader worker from torch's per-worker seed (itself from the run seed)."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Subclasses implement ``make_splits`` and set ``num_classes`` / ``class_names``.
+
+    Args:
+        batch_size: samples per batch (per process under DDP).
+        num_workers: loader processes; 0 loads in the training process.
+        seed: seeds the train/val split and the shuffling order.
+        train_transform / eval_transform: callables from an image (HWC uint8) or clip (THWC uint8) to a
+            float tensor; built from the ``augment`` config.
+        num_classes: the number of classes the config promises (the model's head is sized from it);
+            ``check_num_classes`` compares it with what the data holds.
+        mean / std: per-channel statistics used for normalisation (read by the augment config).
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        num_classes: int | None = None,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.expected_num_classes = num_classes
+        self.mean, self.std = mean, std
+        if int(batch_size) < 1:
+            raise ValueError(f"data.batch_size={batch_size} must be a positive integer")
+        if int(num_workers) < 0:
+            raise ValueError(f"data.num_workers={num_workers} must be >= 0")
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # --- to implement -------------------------------------------------------------------------------
+    num_classes: int
+    class_names: list[str]
+
+    def check(self) -> None:
+        """Fail early (before any training) when the data is missing; named paths and fixes in the message."""
+
+    def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        raise NotImplementedError
+
+    def check_num_classes(self) -> None:
+        expected, actual = self.expected_num_classes, self.num_classes
+        if expected is not None and expected != actual:
+            raise ValueError(
+                f"data.num_classes={expected} but the data has {actual} classes ({self.class_names}); "
+                f"set data.num_classes={actual}"
+            )
+
+    # --- shared -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set, self.test_set = self.make_splits()
+
+    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            collate_fn=collate,
+            worker_init_fn=seed_worker,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+
+class ArrayDataset(Dataset):
+    """Images held in memory as one uint8 array ``(N, H, W, C)`` with integer labels."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform: Callable | None = None) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images (N, H, W, C); got {images.dtype} {images.shape}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image = self.images[i]
+        x = self.transform(image) if self.transform else torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        return {"input": x, "target": int(self.targets[i]), "index": i}

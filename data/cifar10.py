@@ -1,0 +1,87 @@
+"""CIFAR-10 from the official python pickles (``<root>/cifar-10-batches-py``).
+
+The pickles are read directly (torchvision is used only to download them), so any copy in the official
+layout works, including the small ones the tests write.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from data.base import ArrayDataset, ClassificationDataModule, resolve_size, seeded_split
+
+FOLDER = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+
+
+def read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, 32, 32, 3) and labels int64 (N,) from CIFAR-10 pickle batch files."""
+    images, labels = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+class CIFAR10DataModule(ClassificationDataModule):
+    """Seeded train/val split of the official train set; the official test set for test."""
+
+    num_classes = 10
+    class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def __init__(
+        self, *, root: str, download: bool = False, val_size: float | int = 5000, split_seed: int = 0, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root)
+        self.download = download
+        self.val_size, self.split_seed = val_size, split_seed
+
+    @property
+    def folder(self) -> Path:
+        return self.root / FOLDER
+
+    def _missing(self) -> list[str]:
+        return [n for n in TRAIN_FILES + TEST_FILES if not (self.folder / n).is_file()]
+
+    def check(self) -> None:
+        if not self._missing():
+            return
+        if self.download:
+            from torchvision.datasets import CIFAR10
+
+            try:
+                CIFAR10(str(self.root), train=True, download=True)
+            except Exception as e:  # no network, proxy, disk full...
+                raise FileNotFoundError(self._how_to_provide(f"download failed: {e}")) from e
+        elif self._missing():
+            raise FileNotFoundError(self._how_to_provide(f"missing: {', '.join(self._missing())}"))
+
+    def _how_to_provide(self, reason: str) -> str:
+        return (
+            f"CIFAR-10 not found at {self.folder} ({reason}). Either run with data.download=true (needs internet), "
+            f"or extract cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html into "
+            f"{self.root}, or point data.root (or $VISFEAT_DATA) to a folder that contains {FOLDER}/."
+        )
+
+    def prepare_data(self) -> None:
+        self.check()
+
+    def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        images, targets = read_batches(self.folder, TRAIN_FILES)
+        n = len(images)
+        n_val = resolve_size(self.val_size, n, "data.val_size")
+        val_idx, train_idx = seeded_split(n, (n_val, n - n_val), self.split_seed)
+        test_images, test_targets = read_batches(self.folder, TEST_FILES)
+        return (
+            ArrayDataset(images[train_idx], targets[train_idx], self.train_transform),
+            ArrayDataset(images[val_idx], targets[val_idx], self.eval_transform),
+            ArrayDataset(test_images, test_targets, self.eval_transform),
+        )

@@ -1,0 +1,20 @@
+"""Train: ``python train.py [group=option ...] [key=value ...]`` (see conf/train.yaml and the README)."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("VISFEAT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from trainer.run import train
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

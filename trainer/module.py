@@ -1,0 +1,164 @@
+"""The LightningModule: a ``Net`` trained by cross-entropy, scored by top-1 (and top-5) accuracy.
+
+It receives built parts (the net, a partial optimizer, a partial scheduler, an optional batch mixer) and
+the run's config as a plain dict, which is all it saves as hyperparameters: checkpoints then hold only
+tensors and plain data and load with ``torch.load(weights_only=True)``.
+
+Clip-level vs video-level testing: a test batch may carry ``video`` (the index of the video each view
+comes from). Logits of all views of a video are averaged; ``test/acc`` is then the video-level accuracy
+and ``test/clip_acc`` the accuracy of single views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from trainer.optim import no_decay_names, param_groups
+
+
+class ClassificationModule(pl.LightningModule):
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        label_smoothing: float = 0.0,
+        exclude_norm_bias_from_wd: bool = True,
+        mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.save_hyperparameters({"config": run_config or {}}, logger=False)
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.label_smoothing = label_smoothing
+        self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
+        self.mixer = mixer
+        n = net.num_classes
+        self.top_k = (1, 5) if n > 5 else (1,)
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_top{k}": MulticlassAccuracy(num_classes=n, top_k=k, average="micro")
+                for split in ("val", "test")
+                for k in self.top_k
+            }
+        )
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self.test_confmat = MulticlassConfusionMatrix(num_classes=n)
+        self.test_confusion: Tensor | None = None  # (num_classes, num_classes) counts, rows: true class
+        self.skipped = 0  # unreadable samples dropped by the loader during training
+        self._test_views: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
+        return self.net(input, boxes)
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        # Soft targets (mixup/cutmix) arrive as (B, num_classes) probabilities; cross_entropy takes both.
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    # --- training -----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        self.skipped += batch.get("num_skipped", 0)
+        if "input" not in batch:  # every sample of the batch was unreadable
+            return None
+        x, y = batch["input"], batch["target"]
+        if self.mixer is not None:
+            x, y = self.mixer(x, y)
+        loss = self.loss(self(x, batch.get("boxes")), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("data/skipped", float(self.skipped), reduce_fx="sum", sync_dist=True)
+
+    # --- evaluation ---------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict, split: str) -> Tensor:
+        logits = self(batch["input"], batch.get("boxes"))
+        target = batch["target"]
+        getattr(self, f"{split}_loss").update(self.loss(logits, target), weight=len(target))
+        for k in self.top_k:
+            self.metrics[f"{split}_top{k}"].update(logits, target)
+        if split == "test":
+            self.test_confmat.update(logits, target)
+        return logits
+
+    def _log_metrics(self, split: str, acc_name: str = "acc") -> Tensor:
+        acc = self.metrics[f"{split}_top1"].compute()
+        self.log(f"{split}/{acc_name}", acc, prog_bar=True)
+        if 5 in self.top_k:
+            self.log(f"{split}/{acc_name}_top5", self.metrics[f"{split}_top5"].compute())
+        self.log(f"{split}/loss", getattr(self, f"{split}_loss").compute())
+        for k in self.top_k:
+            self.metrics[f"{split}_top{k}"].reset()
+        getattr(self, f"{split}_loss").reset()
+        return acc
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        acc = self._log_metrics("val")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best.update(acc)
+            self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self._eval_step(batch, "test")
+        if "video" in batch:
+            self._test_views.append((batch["video"].detach().cpu(), logits.detach().float().cpu(), batch["target"].cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion = self.test_confmat.compute().cpu()
+        self.test_confmat.reset()
+        if not self._test_views:
+            self._log_metrics("test")
+            return
+        self._log_metrics("test", acc_name="clip_acc")
+        self.log("test/acc", video_accuracy(*self._gather_views()))
+        self._test_views.clear()
+
+    def _gather_views(self) -> tuple[Tensor, Tensor, Tensor]:
+        video, logits, target = (torch.cat(t) for t in zip(*self._test_views, strict=True))
+        if self.trainer.world_size > 1:
+            parts: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, (video, logits, target))
+            video, logits, target = (torch.cat(t) for t in zip(*parts, strict=True))
+        return video, logits, target
+
+    # --- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        partial = self.optimizer_factory
+        weight_decay = getattr(partial, "keywords", {}).get("weight_decay", 0.0)
+        skip = no_decay_names(self.net) if self.exclude_norm_bias_from_wd else set()
+        groups = param_groups(
+            (("net." + n, p) for n, p in self.net.named_parameters()),
+            skip={"net." + n for n in skip},
+            weight_decay=weight_decay,
+        )
+        optimizer = partial(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def video_accuracy(video: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+    """Accuracy after averaging the softmax-free logits of all views that share a video index."""
+    ids, inverse = torch.unique(video, return_inverse=True)
+    summed = torch.zeros(len(ids), logits.shape[1]).index_add_(0, inverse, logits.float())
+    labels = torch.zeros(len(ids), dtype=torch.long).scatter_(0, inverse, target)
+    return (summed.argmax(1) == labels).float().mean()

@@ -1,0 +1,60 @@
+"""PNG figures of a run: learning curves, learning rates, confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: Sequence[dict], out_dir: Path) -> list[Path]:
+    """One PNG per metric family (loss, acc, lr) against epoch; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    families = {"loss": lambda k: k.endswith("loss") or "loss_" in k, "acc": lambda k: "/acc" in k, "lr": lambda k: k.startswith("lr")}
+    written = []
+    for name, wanted in families.items():
+        keys = sorted({k for row in history for k in row if wanted(k) and k != "epoch"})
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in keys:
+            pts = [(row["epoch"], row[key]) for row in history if key in row]
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class) with counts in the cells when it is small."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(matrix)
+    norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = min(12, 2 + 0.5 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,156 @@
+"""Turning a composed config into a run: ``train(cfg)`` and ``evaluate(cfg)``.
+
+Each reads like a table of contents: check the config, build the parts, fit/test, record the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from data.base import ClassificationDataModule
+from trainer.callbacks import History
+from trainer.checks import check_config
+from trainer.checkpoint import load_checkpoint, net_from_checkpoint
+from trainer.module import ClassificationModule
+from trainer.plots import plot_confusion
+from trainer.results import git_state, package_versions, write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit and test the configured model; write results.json; return the metric named by ``optimized_metric``."""
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+
+    datamodule = build_datamodule(cfg.data, cfg.augment)
+    net = instantiate(cfg.model)
+    module = build_module(cfg, net)
+    history = History(output_dir=str(run_dir))
+    trainer = build_trainer(cfg, extra_callbacks=[history])
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - start
+    fit_metrics = dict(trainer.callback_metrics)
+
+    test_metrics: dict[str, Any] = {}
+    if cfg.get("test", True):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
+
+    results = {
+        **{k: v for k, v in fit_metrics.items() if k.startswith(("val/", "data/"))},
+        **test_metrics,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "train_seconds": train_seconds,
+        "checkpoints/best": best_path(trainer),
+        "checkpoints/last": str(run_dir / "checkpoints" / "last.ckpt"),
+        **run_metadata(cfg, datamodule),
+    }
+    if trainer.is_global_zero:
+        record(run_dir, results, module, datamodule)
+    return optimized_value(cfg, results)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test a checkpoint on the test split of the data config stored in it (or of the one given)."""
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    stored = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    data_cfg = merge_data_config(stored, cfg)
+    pl.seed_everything(stored.seed, workers=True)
+    datamodule = build_datamodule(data_cfg, stored.augment)
+    net = net_from_checkpoint(ckpt, cfg.ckpt_path, num_classes=datamodule.num_classes)
+    module = ClassificationModule(net=net, optimizer=torch.optim.SGD, run_config=ckpt["hyper_parameters"]["config"])
+    trainer = build_trainer(cfg)
+    metrics = trainer.test(module, datamodule=datamodule)[0]
+    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), **run_metadata(cfg, datamodule)}
+    if trainer.is_global_zero:
+        record(Path(cfg.paths.output_dir), results, module, datamodule)
+    return results
+
+
+# --- building ---------------------------------------------------------------------------------------------
+
+
+def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None) -> ClassificationDataModule:
+    """The DataModule with its transforms; fails here, before any training, if the data is missing."""
+    transforms = {}
+    if augment_cfg is not None:
+        transforms = {"train_transform": instantiate(augment_cfg.train), "eval_transform": instantiate(augment_cfg.eval)}
+    datamodule = instantiate(data_cfg, **transforms)
+    datamodule.check()
+    datamodule.check_num_classes()
+    return datamodule
+
+
+def build_module(cfg: DictConfig, net: torch.nn.Module) -> ClassificationModule:
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    mixer = instantiate(cfg.augment.mixer) if cfg.augment.get("mixer") else None
+    # Partial first: keyword arguments given to instantiate() would themselves be instantiated, and the
+    # plain run config is full of `_target_`s that must stay data.
+    module = instantiate(cfg.module, _partial_=True)
+    return module(net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, mixer=mixer,
+                  run_config=OmegaConf.to_container(cfg, resolve=True))
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> pl.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+
+
+def merge_data_config(stored: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The checkpoint's data config, replaced by ``data=<name>`` or patched by ``+data.<key>=<value>``."""
+    given = cfg.get("data") or {}
+    if "_target_" in given:
+        return given
+    return OmegaConf.merge(stored.data, given)
+
+
+# --- recording --------------------------------------------------------------------------------------------
+
+
+def best_path(trainer: pl.Trainer) -> str | None:
+    cb = trainer.checkpoint_callback
+    return cb.best_model_path or None if cb is not None else None
+
+
+def run_metadata(cfg: DictConfig, datamodule: ClassificationDataModule) -> dict[str, Any]:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return {
+        "seed": cfg.get("seed"),
+        "overrides": overrides,
+        "run_dir": str(cfg.paths.output_dir),
+        "versions": package_versions(),
+        "data/num_classes": datamodule.num_classes,
+        "data/test_is_val": bool(getattr(datamodule, "test_is_val", False)),
+        **git_state(),
+    }
+
+
+def record(run_dir: Path, results: dict[str, Any], module: ClassificationModule, datamodule) -> None:
+    if module.test_confusion is not None:
+        plot_confusion(module.test_confusion.numpy(), datamodule.class_names, run_dir / "plots" / "confusion.png")
+    path = write_json(run_dir / "results.json", results)
+    log.info("results: %s", path)
+
+
+def optimized_value(cfg: DictConfig, results: dict[str, Any]) -> float | None:
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in results:
+        raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(results)}")
+    return float(results[name])
