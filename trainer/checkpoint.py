@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
+
+from trainer.build import build_net
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -46,6 +47,6 @@ def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: 
             f"{path} was trained for {trained_classes} classes but the data has {num_classes}; evaluate it on "
             f"data with the same classes, or fine-tune it (model.pretrained={path}) for the new ones"
         )
-    net = instantiate(model_cfg)
+    net = build_net(model_cfg)
     net.load_state_dict(net_state_dict(ckpt), strict=True)
     return net

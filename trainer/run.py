@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data.base import ClassificationDataModule
+from trainer.build import build_net
 from trainer.callbacks import History
 from trainer.checks import check_config
 from trainer.checkpoint import load_checkpoint, net_from_checkpoint
@@ -34,7 +35,7 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
 
     datamodule = build_datamodule(cfg.data, cfg.augment)
-    net = instantiate(cfg.model)
+    net = build_net(cfg.model)
     module = build_module(cfg, net)
     history = History(output_dir=str(run_dir))
     trainer = build_trainer(cfg, extra_callbacks=[history])

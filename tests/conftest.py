@@ -1,0 +1,60 @@
+"""Shared test helpers: compose the real config once, shrink it, run it in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("VISFEAT_ROOT", str(ROOT))
+
+# Keeps every test run small: one epoch of a few batches, no rich progress bar redraws, no workers.
+SMALL = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+         "trainer.limit_test_batches=2", "data.num_workers=0", "~callbacks.progress_bar"]
+
+
+def compose_config(*overrides: str, output_dir: Path, config_name: str = "train") -> DictConfig:
+    """The config train.py would compose for ``overrides``, with its run dir at ``output_dir``.
+
+    HydraConfig is set as in a real run so `${hydra:...}` interpolations and HydraConfig.get() work.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(*overrides, small=True)`` -> composed config running in tmp_path/run."""
+
+    def _make(*overrides: str, small: bool = True, output_dir: Path | None = None, config_name: str = "train"):
+        extra = SMALL if small and config_name == "train" else []
+        return compose_config(*extra, *overrides, output_dir=output_dir or tmp_path / "run", config_name=config_name)
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, check: bool = True,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run an entry script (train.py, eval.py, ...) in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
