@@ -42,7 +42,7 @@ def load_image(path: Path, size: int | None) -> np.ndarray:
             im = im.resize((w, h), Image.BILINEAR)
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8)
+        return np.array(im, dtype=np.uint8)  # a writable copy; torch warns on read-only arrays
 
 
 class ImageFileDataset(Dataset):
