@@ -1,0 +1,141 @@
+"""``VideoClipDataset``: clips of videos; one random clip per video in training, every view at test.
+
+Flow of ``__getitem__``: the sample index names a video and, at test, a view (clip x crop) -> decode the
+clip's frames, resized so the short side is ``short_side`` -> crop ``crop_size`` (random position in
+training; centre, or the start/centre/end of the long side for 3 crops, at test) -> ``transform``
+``(T, H, W, C) uint8 -> (C, T, H, W) float``.
+
+Views of one video come in a row (clip-major, crops inner), and the last decoded clip is kept, so the
+crops of a clip are decoded once. An unreadable file is skipped (``None`` plus a warning naming it) or
+raises ``VideoReadError`` naming it, as ``skip_unreadable`` says.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.video.decode import VideoReader, VideoReadError
+from data.video.sampling import ClipSampler
+
+log = logging.getLogger(__name__)
+
+
+def crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
+    """Offsets of ``num_crops`` windows of ``size`` on an axis of ``length``: centre, or start/centre/end."""
+    if num_crops == 1:
+        return [(length - size) // 2]
+    if num_crops == 3:
+        return [0, (length - size) // 2, length - size]
+    raise ValueError(f"data.test_crops={num_crops} must be 1 or 3")
+
+
+def to_tensor(clip: np.ndarray) -> torch.Tensor:
+    """``(T, H, W, C) uint8 -> (C, T, H, W)`` float in [0, 1], when no transform is given."""
+    return torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(255.0)
+
+
+class VideoClipDataset(Dataset):
+    """Clips of ``videos`` (``(path, label)`` pairs).
+
+    Args:
+        videos: absolute paths and integer labels.
+        sampler: which frames make a clip.
+        crop_size: side of the square crop.
+        short_side: decoded frames are resized so their shorter side is this (>= crop_size).
+        train: one random clip and crop per video; otherwise ``num_clips`` x ``num_crops`` views per video.
+        num_clips / num_crops: views per video when not training (``num_crops`` 1 or 3).
+        transform: ``(T, H, W, C) uint8 -> (C, T, H, W) float``; None scales to [0, 1].
+        skip_unreadable: return None (and warn) for a file that cannot be read instead of raising.
+        seed: seeds the random clip positions of the process that loads (workers reseed numpy anyway).
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[tuple[str | Path, int]],
+        *,
+        sampler: ClipSampler,
+        crop_size: int,
+        short_side: int | None = None,
+        train: bool,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        transform: Callable[[np.ndarray], torch.Tensor] | None = None,
+        skip_unreadable: bool = False,
+    ) -> None:
+        short_side = crop_size if short_side is None else short_side
+        if short_side < crop_size:
+            raise ValueError(f"data.short_side={short_side} must be >= data.crop_size={crop_size}")
+        if num_clips < 1:
+            raise ValueError(f"data.test_clips={num_clips} must be >= 1")
+        crop_offsets(short_side, crop_size, num_crops)  # validates num_crops
+        self.videos = [(str(p), int(y)) for p, y in videos]
+        self.sampler = sampler
+        self.crop_size = crop_size
+        self.short_side = short_side
+        self.train = train
+        self.views = (1, 1) if train else (num_clips, num_crops)
+        self.transform = transform or to_tensor
+        self.skip_unreadable = skip_unreadable
+        self._last: tuple[tuple[int, int], list[np.ndarray]] | None = None  # (video, clip) -> frames
+
+    @property
+    def views_per_video(self) -> int:
+        return self.views[0] * self.views[1]
+
+    def __len__(self) -> int:
+        return len(self.videos) * self.views_per_video
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        video, view = divmod(index, self.views_per_video)
+        clip, crop = divmod(view, self.views[1])
+        path, label = self.videos[video]
+        try:
+            frames = self._clip(video, clip)  # (T, h, w, 3) uint8, short side = self.short_side
+        except VideoReadError as err:
+            if self.skip_unreadable:
+                log.warning("skipping unreadable video %s: %s", path, err)
+                return None
+            raise VideoReadError(
+                f"{err} (set data.skip_unreadable_eval=true to skip such files in evaluation)"
+            ) from err
+        clip_array = self._crop(frames, crop)  # (T, crop, crop, 3)
+        return {
+            "input": self.transform(clip_array),
+            "target": label,
+            "index": index,
+            "video": video,
+            "path": path,
+        }
+
+    def _clip(self, video: int, clip: int) -> np.ndarray:
+        if self._last is not None and self._last[0] == (video, clip):
+            return self._last[1]
+        path = self.videos[video][0]
+        with VideoReader(path, short_side=self.short_side) as reader:
+            n, fps = reader.meta.num_frames, reader.meta.fps
+            if self.train:
+                indices = self.sampler.random_clip(n, fps, np.random.default_rng(np.random.randint(2**31)))
+            else:
+                indices = self.sampler.uniform_clips(n, fps, self.views[0])[clip]
+            frames = reader.read(indices)
+        self._last = ((video, clip), frames)
+        return frames
+
+    def _crop(self, frames: np.ndarray, crop: int) -> np.ndarray:
+        _, h, w, _ = frames.shape
+        size = self.crop_size
+        if self.train:
+            y = np.random.randint(0, h - size + 1)
+            x = np.random.randint(0, w - size + 1)
+        elif h > w:  # crops run along the long side
+            y, x = crop_offsets(h, size, self.views[1])[crop], (w - size) // 2
+        else:
+            y, x = (h - size) // 2, crop_offsets(w, size, self.views[1])[crop]
+        return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
