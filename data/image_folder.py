@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from data.base import ClassificationDataModule, resolve_size, seeded_split
+from data.boxes import BoxAnnotations, resize_crop_boxes
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -32,15 +33,20 @@ def find_images(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int
     return samples
 
 
+def resize_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Resized width and height, and crop left and top, of "shorter side to ``size``, centre square crop"."""
+    scale = size / min(width, height)
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    return w, h, (w - size) // 2, (h - size) // 2
+
+
 def load_image(path: Path, size: int | None) -> np.ndarray:
     """RGB uint8 (H, W, 3); shorter side resized to ``size`` and centre-cropped to a square when given."""
     with Image.open(path) as im:
         im = im.convert("RGB")
         if size is not None:
-            scale = size / min(im.size)
-            w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+            w, h, left, top = resize_crop_geometry(im.width, im.height, size)
             im = im.resize((w, h), Image.BILINEAR)
-            left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
         return np.array(im, dtype=np.uint8)  # a writable copy; torch warns on read-only arrays
 
@@ -57,9 +63,11 @@ class ImageFileDataset(Dataset):
         image_size: int | None,
         transform: Callable | None,
         skip_unreadable: bool,
+        boxes: BoxAnnotations | None = None,
     ) -> None:
         self.samples, self.root, self.image_size = samples, root, image_size
         self.transform, self.skip_unreadable = transform, skip_unreadable
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,7 +85,22 @@ class ImageFileDataset(Dataset):
             log.warning("skipping unreadable image %s (%s)", path, e)
             return None
         x = self.transform(image) if self.transform else torch.from_numpy(image).permute(2, 0, 1).float() / 255
-        return {"input": x, "target": label, "index": i, "path": str(path.relative_to(self.root))}
+        sample = {"input": x, "target": label, "index": i, "path": str(path.relative_to(self.root))}
+        if self.boxes is not None:
+            sample["boxes"] = self.image_boxes(path, sample["path"])
+        return sample
+
+    def image_boxes(self, path: Path, key: str) -> torch.Tensor:
+        """The file's boxes (checked against its size) moved through the resize and crop of ``load_image``."""
+        with Image.open(path) as im:  # reads the header only
+            width, height = im.size
+        boxes = self.boxes.get(key, width=width, height=height)  # (K, 4) in original pixels
+        if self.image_size is None:
+            return boxes
+        w, h, left, top = resize_crop_geometry(width, height, self.image_size)
+        return resize_crop_boxes(
+            boxes, scale=(w / width, h / height), left=left, top=top, size=(self.image_size, self.image_size)
+        )
 
 
 class ImageFolderDataModule(ClassificationDataModule):
@@ -90,10 +113,14 @@ class ImageFolderDataModule(ClassificationDataModule):
         split_seed: int = 0,
         skip_unreadable_train: bool = True,
         skip_unreadable_eval: bool = False,
+        boxes_file: str | None = None,
+        boxes_missing: str = "error",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
+        # Optional boxes (data/boxes.py formats) keyed by the image path relative to root; read and checked now.
+        self.boxes = BoxAnnotations(boxes_file, missing=boxes_missing) if boxes_file else None
         self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
         self.skip_unreadable_train, self.skip_unreadable_eval = skip_unreadable_train, skip_unreadable_eval
         self.test_is_val = False
@@ -134,6 +161,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             image_size=self.image_size,
             transform=self.train_transform if train else self.eval_transform,
             skip_unreadable=self.skip_unreadable_train if train else self.skip_unreadable_eval,
+            boxes=self.boxes,
         )
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:

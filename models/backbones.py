@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
@@ -133,7 +132,7 @@ class ResNet(StagedBackbone):
     def __init__(self, *, depth: int = 18, small_input: bool = False, in_chans: int = 3) -> None:
         super().__init__()
         if depth not in _RESNETS:
-            raise ValueError(f"model.depth={depth} is not a ResNet depth; choose one of {sorted(_RESNETS)}")
+            raise ValueError(f"model.backbone.depth={depth} is not a ResNet depth; choose one of {sorted(_RESNETS)}")
         net = _RESNETS[depth](weights=None)
         if small_input:
             net.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
@@ -151,7 +150,8 @@ class ResNet(StagedBackbone):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
-_VGGS = {11: tvm.vgg11_bn, 13: tvm.vgg13_bn, 16: tvm.vgg16_bn, 19: tvm.vgg19_bn}
+# torchvision's layer lists of vgg11/13/16/19 (configurations A, B, D, E).
+_VGGS = {11: "A", 13: "B", 16: "D", 19: "E"}
 
 
 class VGG(StagedBackbone):
@@ -168,10 +168,16 @@ class VGG(StagedBackbone):
     def __init__(self, *, depth: int = 11, in_chans: int = 3) -> None:
         super().__init__()
         if depth not in _VGGS:
-            raise ValueError(f"model.depth={depth} is not a VGG depth; choose one of {sorted(_VGGS)}")
-        layers = list(_VGGS[depth](weights=None).features)
+            raise ValueError(f"model.backbone.depth={depth} is not a VGG depth; choose one of {sorted(_VGGS)}")
+        # Only the conv layers: building the whole torchvision model would allocate (and initialise) its
+        # 120M-parameter classifier just to throw it away. Same layers, same names, same init as torchvision.
+        layers = list(tvm.vgg.make_layers(tvm.vgg.cfgs[_VGGS[depth]], batch_norm=True))
         if in_chans != 3:
             layers[0] = nn.Conv2d(in_chans, 64, 3, padding=1)
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
         self.stem = nn.Identity()
         stage: list[nn.Module] = []
         names = iter(self.stage_names)
@@ -196,7 +202,9 @@ class VideoResNet(StagedBackbone):
     def __init__(self, *, arch: str = "r2plus1d_18") -> None:
         super().__init__()
         if arch not in _VIDEO_RESNETS:
-            raise ValueError(f"model.arch={arch!r} is not a video ResNet; choose one of {sorted(_VIDEO_RESNETS)}")
+            raise ValueError(
+                f"model.backbone.arch={arch!r} is not a video ResNet; choose one of {sorted(_VIDEO_RESNETS)}"
+            )
         net = _VIDEO_RESNETS[arch](weights=None)
         self.stem = net.stem
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4

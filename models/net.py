@@ -48,8 +48,8 @@ class Net(nn.Module):
         self.backbone = backbone
         self.fusion = fusion(backbone=backbone) if fusion is not None else None
         if roi is not None:
-            in_channels, stride = self._map_geometry()
-            self.roi = roi(in_channels=in_channels, stride=stride)
+            # The ROI builder reads channels and stride of the map it pools (its stage, the neck or the last one).
+            self.roi = roi(backbone=backbone, fusion=self.fusion)
             dim = self.roi.out_features
         else:
             self.roi = None
@@ -63,23 +63,18 @@ class Net(nn.Module):
     def num_classes(self) -> int:
         return self.head.out_features
 
-    def _map_geometry(self) -> tuple[int, int]:
-        """Channels and stride of the map the ROI head pools from."""
-        if self.fusion is not None:
-            return self.fusion.out_channels, self.fusion.out_stride
-        last = self.backbone.stage_names[-1]
-        return self.backbone.stage_channels[last], self.backbone.stage_strides[last]
-
     def _feature_map(self, x: Tensor) -> Tensor:
-        if self.fusion is not None:
+        """The map the ROI head (or the neck's pooling) reads: the ROI stage, the fused map or the last one."""
+        stage = self.roi.stage if self.roi is not None else None
+        if stage is None and self.fusion is not None:
             return self.fusion(self.backbone.forward_stages(x, self.fusion.in_stages))
-        last = self.backbone.stage_names[-1]
-        return self.backbone.forward_stages(x, [last])[last]
+        stage = stage or self.backbone.stage_names[-1]
+        return self.backbone.forward_stages(x, [stage])[stage]
 
     def _embed(self, x: Tensor, boxes: list[Tensor] | None) -> Tensor:
         """Pooled embedding of a batch the backbone consumes directly: ``(N, D)``."""
         if self.roi is not None:
-            return self.roi(self._feature_map(x), boxes)
+            return self.roi(self._feature_map(x), boxes, image_size=tuple(x.shape[-2:]))
         if self.fusion is not None:
             return self.fusion.pool(self._feature_map(x))
         return self.backbone.forward_features(x)
@@ -108,13 +103,16 @@ class Net(nn.Module):
         if self.roi is None:
             raise ValueError("forward_boxes needs an ROI head: add model/roi=align (or pool) to the config")
         if not (input.ndim == 5 and not self.backbone.is_3d):
-            feats, _ = self.roi.box_features(self._feature_map(input), boxes)  # (R, D)
+            fmap = self._feature_map(input)
+            feats, _ = self.roi.box_features(fmap, boxes, tuple(input.shape[-2:]))  # (R, D)
             return self.forward_head(feats)
         b, c, t, h, w = input.shape
         frames = input.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-        feats, counts = self.roi.box_features(self._feature_map(frames), self.roi.boxes_per_frame(boxes, t))
+        frame_boxes = self.roi.boxes_per_frame(boxes, t)
+        feats, counts = self.roi.box_features(self._feature_map(frames), frame_boxes, (h, w))  # (R*T, D)
         per_sample = feats.split([sum(counts[i * t : (i + 1) * t]) for i in range(b)])
         tracks = torch.cat([f.reshape(t, counts[i * t], -1).transpose(0, 1) for i, f in enumerate(per_sample)])
+        # tracks: (R, T, D), one track per box
         tracks = self.temporal(tracks) if self.temporal is not None else tracks.mean(1)  # (R, D')
         return self.forward_head(tracks)
 
