@@ -35,6 +35,7 @@ class DigitsDataModule(ClassificationDataModule):
         test_size: float | int = 0.2,
         split_seed: int = 0,
         classes: list[int] | None = None,
+        train_per_class: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -48,6 +49,10 @@ class DigitsDataModule(ClassificationDataModule):
                 raise ValueError(f"data.classes={self.classes} must be distinct digits in 0..9")
             self.num_classes = len(self.classes)
             self.class_names = [str(c) for c in self.classes]
+        # Few-shot training sets (transfer learning): this many labelled images per class, drawn with ``seed``.
+        if train_per_class is not None and int(train_per_class) < 1:
+            raise ValueError(f"data.train_per_class={train_per_class} must be a positive count (or null for all)")
+        self.train_per_class = int(train_per_class) if train_per_class is not None else None
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         images, targets = digits_as_images(self.image_size)
@@ -56,10 +61,28 @@ class DigitsDataModule(ClassificationDataModule):
             relabel = {c: i for i, c in enumerate(self.classes)}
             images, targets = images[keep], np.array([relabel[t] for t in targets[keep]], dtype=np.int64)
         n = len(images)
-        n_val, n_test = resolve_size(self.val_size, n, "data.val_size"), resolve_size(self.test_size, n, "data.test_size")
+        n_val, n_test = (
+            resolve_size(self.val_size, n, "data.val_size"),
+            resolve_size(self.test_size, n, "data.test_size"),
+        )
         test_idx, val_idx, train_idx = seeded_split(n, (n_test, n_val, n - n_test - n_val), self.split_seed)
+        if self.train_per_class is not None:
+            train_idx = self._few_per_class(train_idx, targets[train_idx])
         return (
             ArrayDataset(images[train_idx], targets[train_idx], self.train_transform),
             ArrayDataset(images[val_idx], targets[val_idx], self.eval_transform),
             ArrayDataset(images[test_idx], targets[test_idx], self.eval_transform),
         )
+
+    def _few_per_class(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        picked = []
+        for c in range(self.num_classes):
+            of_class = idx[targets == c]
+            if len(of_class) < self.train_per_class:
+                raise ValueError(
+                    f"data.train_per_class={self.train_per_class} but class {self.class_names[c]} has "
+                    f"only {len(of_class)} training images"
+                )
+            picked.append(rng.choice(of_class, self.train_per_class, replace=False))
+        return np.sort(np.concatenate(picked))
