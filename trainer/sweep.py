@@ -1,0 +1,336 @@
+"""What a multirun leaves in its sweep dir, and resuming Optuna studies. Hydra callbacks (conf/hydra).
+
+``SweepSummary`` (every multirun): reads the results.json of every job under the sweep dir and writes
+  summary.csv   one row per job: its overrides, the swept parameters as columns, final metrics, run dir,
+                and, for the group of jobs that differ only in ``seed``, mean and std of every metric;
+  summary.md    the same as tables (per job, per configuration over seeds) with the best job named;
+  plots/<metric>_vs_<param>.png   the optimised metric against each swept parameter.
+  The best job maximises or minimises ``optimized_metric``: the sweeper's ``direction`` when it has one,
+  else ``mode`` (max unless the metric's name says loss/error/time).
+
+``OptunaTotalTrials`` (hparams_search configs): makes ``hydra.sweeper.n_trials`` the size of the whole study
+  in its persistent storage, so running an interrupted (or finished) sweep again adds only the missing trials.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed",)
+# Per-job entries of results.json shown in the summary besides the val/ and test/ metrics.
+EXTRA_NUMBERS = ("epochs", "train_seconds")
+MINIMISED_WORDS = ("loss", "err", "time", "seconds")
+
+
+# --- reading the jobs -------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """``["optimizer.lr=0.1", "+data.x=1", "~callbacks.a"]`` -> ``{"optimizer.lr": "0.1", "data.x": "1"}``."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            parsed[key.lstrip("+~")] = value
+    return parsed
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One dict per results.json under ``sweep_dir``, in job-directory order."""
+    jobs = []
+    for path in sorted(sweep_dir.rglob("results.json"), key=lambda p: natural_key(p.parent.relative_to(sweep_dir))):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("skipping %s: %s", path, e)
+            continue
+        overrides = results.get("overrides") or []
+        jobs.append(
+            {
+                "job": str(path.parent.relative_to(sweep_dir)),
+                "overrides": overrides,
+                "params": parse_overrides(overrides),
+                "metrics": job_metrics(results),
+                "run_dir": results.get("run_dir", str(path.parent)),
+            }
+        )
+    return jobs
+
+
+def natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in path.parts]
+
+
+def job_metrics(results: dict[str, Any]) -> dict[str, float]:
+    metrics = {}
+    for key, value in results.items():
+        if (key.startswith(("val/", "test/")) or key in EXTRA_NUMBERS) and is_number(value):
+            metrics[key] = float(value)
+    return metrics
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def swept_params(jobs: list[dict[str, Any]]) -> list[str]:
+    """Override keys whose value is not the same in every job (in first-seen order)."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job["params"]))
+    return [k for k in keys if len({job["params"].get(k) for job in jobs}) > 1]
+
+
+# --- summarising ------------------------------------------------------------------------------------------
+
+
+def metric_mode(metric: str, direction: Any = None) -> str:
+    """``max`` or ``min``: from a sweeper's direction if given, else from the metric name."""
+    if direction is not None:
+        text = str(getattr(direction, "name", direction)).lower()
+        return "min" if text.startswith("min") else "max"
+    return "min" if any(word in metric.lower() for word in MINIMISED_WORDS) else "max"
+
+
+def best_job(jobs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    scored = [job for job in jobs if metric in job["metrics"] and not math.isnan(job["metrics"][metric])]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda job: job["metrics"][metric])
+
+
+def group_over_seeds(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Jobs that differ only in their seed, as groups with mean and std (sample, n > 1) of each metric."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for job in jobs:
+        config = tuple(sorted((k, v) for k, v in job["params"].items() if k not in SEED_KEYS))
+        groups.setdefault(config, []).append(job)
+    summary = []
+    for config, members in groups.items():
+        names = list(dict.fromkeys(k for job in members for k in job["metrics"]))
+        stats = {}
+        for name in names:
+            values = [job["metrics"][name] for job in members if name in job["metrics"]]
+            stats[name] = (
+                statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else None,
+                len(values),
+            )
+        summary.append({"config": dict(config), "jobs": members, "stats": stats})
+    return summary
+
+
+def write_summary(sweep_dir: Path, *, metric: str | None, mode: str) -> dict[str, Any] | None:
+    """summary.csv, summary.md and plots in ``sweep_dir``; returns the best job (None without metric/jobs)."""
+    jobs = read_jobs(sweep_dir)
+    if not jobs:
+        log.warning("no results.json under %s: no sweep summary", sweep_dir)
+        return None
+    params = swept_params(jobs)
+    metrics = list(dict.fromkeys(k for job in jobs for k in job["metrics"]))
+    groups = group_over_seeds(jobs)
+    best = best_job(jobs, metric, mode) if metric else None
+    write_csv(sweep_dir / "summary.csv", jobs, params, metrics, groups)
+    write_markdown(sweep_dir / "summary.md", jobs, params, metrics, groups, metric=metric, mode=mode, best=best)
+    if metric:
+        plot_metric(sweep_dir / "plots", jobs, params, metric)
+    log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(jobs))
+    return best
+
+
+def write_csv(path: Path, jobs, params, metrics, groups) -> None:
+    group_of = {id(job): group for group in groups for job in group["jobs"]}
+    header = [
+        "job",
+        *params,
+        *metrics,
+        "n_seeds",
+        *(f"{m}/{s}" for m in metrics for s in ("mean", "std")),
+        "overrides",
+        "run_dir",
+    ]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for job in jobs:
+            stats = group_of[id(job)]["stats"]
+            spread = []
+            for m in metrics:
+                mean, std, _ = stats.get(m, (None, None, 0))
+                spread += [blank(mean), blank(std)]
+            writer.writerow(
+                [
+                    job["job"],
+                    *(job["params"].get(p, "") for p in params),
+                    *(blank(job["metrics"].get(m)) for m in metrics),
+                    len(group_of[id(job)]["jobs"]),
+                    *spread,
+                    " ".join(job["overrides"]),
+                    job["run_dir"],
+                ]
+            )
+
+
+def blank(value: float | None) -> str | float:
+    return "" if value is None else value
+
+
+def fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, best) -> None:
+    lines = [f"# Sweep summary: {len(jobs)} jobs", ""]
+    if best is not None:
+        lines += [
+            f"Best job: **{best['job']}** with {metric} = {fmt(best['metrics'][metric])} ({mode}imised), "
+            f"overrides `{' '.join(best['overrides'])}`, run dir `{best['run_dir']}`.",
+            "",
+        ]
+    elif metric:
+        lines += [f"No job recorded {metric}.", ""]
+    lines += ["## Jobs", ""]
+    lines += markdown_table(
+        ["job", *params, *metrics, "run dir"],
+        [
+            [
+                j["job"],
+                *(j["params"].get(p, "") for p in params),
+                *(fmt(j["metrics"].get(m)) for m in metrics),
+                j["run_dir"],
+            ]
+            for j in jobs
+        ],
+    )
+    config_params = [p for p in params if p not in SEED_KEYS]
+    lines += ["", "## Per configuration over seeds (mean ± std, n)", ""]
+    rows = []
+    for group in groups:
+        cells = []
+        for m in metrics:
+            mean, std, n = group["stats"].get(m, (None, None, 0))
+            cells.append("" if mean is None else f"{mean:.4g} ± {fmt(std) or '-'} ({n})")
+        rows.append([*(group["config"].get(p, "") for p in config_params), *cells])
+    lines += markdown_table([*config_params, *metrics], rows)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_metric(plot_dir: Path, jobs, params, metric: str) -> list[Path]:
+    """One PNG per swept parameter: the metric of each job against the parameter's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [job for job in jobs if metric in job["metrics"]]
+    paths = []
+    for param in params:
+        values = [job["params"].get(param, "") for job in scored]
+        ys = [job["metrics"][metric] for job in scored]
+        numbers = [as_float(v) for v in values]
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        if all(x is not None for x in numbers):
+            ax.scatter(numbers, ys)
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
+                ax.set_xscale("log")
+        else:
+            categories = sorted(set(values))
+            ax.scatter([categories.index(v) for v in values], ys)
+            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        path = plot_dir / f"{metric.replace('/', '_')}_vs_{param.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def as_float(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+# --- Hydra callbacks --------------------------------------------------------------------------------------
+
+
+class SweepSummary(Callback):
+    """Writes the sweep summary when a multirun ends (see the module docstring)."""
+
+    def __init__(self, *, metric: str | None = None, mode: str | None = None) -> None:
+        if mode not in (None, "max", "min"):
+            raise ValueError(f"SweepSummary mode={mode!r} must be 'max', 'min' or null (from the sweeper/metric)")
+        self.metric, self.mode = metric, mode
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        metric = self.metric or config.get("optimized_metric")
+        mode = self.mode or metric_mode(metric or "", config.hydra.sweeper.get("direction"))
+        write_summary(Path(config.hydra.sweep.dir), metric=metric, mode=mode)
+
+
+class OptunaTotalTrials(Callback):
+    """Counts the finished trials already in the study's storage against ``hydra.sweeper.n_trials``.
+
+    The Optuna sweeper loads an existing study (``load_if_exists``) but then runs ``n_trials`` more; this
+    lowers the sweeper's ``n_trials`` to the trials still missing before the sweeper is built. Trials that
+    failed or were interrupted (left RUNNING) are not counted, so they are run again. A seeded sampler would
+    replay the random start of the study on every rerun; its seed is moved on by the finished trials.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        if not sweeper.get("storage") or not sweeper.get("study_name"):
+            return
+        done = finished_trials(sweeper.storage, sweeper.study_name)
+        missing = max(0, int(sweeper.n_trials) - done)
+        log.info(
+            "Optuna study %s has %d finished trials; running %d more (n_trials=%d)",
+            sweeper.study_name,
+            done,
+            missing,
+            sweeper.n_trials,
+        )
+        with read_write(sweeper), open_dict(sweeper):
+            sweeper.n_trials = missing
+            if done and sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
+                sweeper.sampler.seed = int(sweeper.sampler.seed) + done
+
+
+def finished_trials(storage: str, study_name: str) -> int:
+    import optuna
+
+    if storage.startswith("sqlite:///"):
+        # The sweeper opens the study before any job has made the sweep dir; SQLite needs the folder.
+        database = Path(storage.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        if not database.exists():
+            return 0
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # no such study yet
+        return 0
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
