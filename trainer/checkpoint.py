@@ -1,16 +1,126 @@
-"""Reading checkpoints back: plain data only (``weights_only=True``), with errors that name the file."""
+"""Checkpoints: written atomically and only with finite weights; read back as plain data only
+(``weights_only=True``); their stored config instantiated only from an allowlist of import paths.
+
+A stored config is code: instantiating it calls whatever its ``_target_``s name. A checkpoint from elsewhere
+may name anything, so before a stored config is built every ``_target_`` in it must resolve, inside one of
+``ALLOWED_TARGETS``, to a class or function defined in an allowed package (attribute paths through an allowed
+module to, say, ``os.system`` are refused too).
+"""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.build import build_net
+
+# Import paths (prefixes) a stored config may instantiate: the project's model, data and training parts and
+# the libraries its configs use. Not trainer.run / trainer.results (file writing, subprocesses).
+ALLOWED_TARGETS = (
+    "models.",
+    "data.",
+    "trainer.module.",
+    "trainer.optim.",
+    "trainer.callbacks.",
+    "trainer.checkpoint.",
+    "trainer.faults.",
+    "trainer.ema.",
+    "trainer.distributed.",
+    "trainer.sweep.",
+    "trainer.finetune.",
+    "torch.nn.",
+    "torch.optim.",
+    "torchvision.models.",
+    "torchvision.transforms.",
+    "albumentations.",
+    "torchmetrics.",
+    "pytorch_lightning.Trainer",
+    "pytorch_lightning.callbacks.",
+    "pytorch_lightning.loggers.",
+    "pytorch_lightning.strategies.",
+    "pytorch_lightning.plugins.",
+)
+
+
+class UnsafeConfigError(ValueError):
+    pass
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (``trainer.plugins``), made atomic and finite-only.
+
+    The checkpoint goes to ``<file>.tmp`` in the same directory, is flushed and fsynced, then renamed over
+    ``<file>`` (``os.replace`` is atomic on POSIX and Windows): a save that fails half way (disk full, an
+    exception, a kill) leaves the previous ``last.ckpt`` / ``best.ckpt`` as they were. A checkpoint whose
+    weights hold NaN or inf is refused with an error, so it never replaces a good one.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote file systems: no rename there; Lightning's own writer
+            check_finite_weights(checkpoint, path)
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        check_finite_weights(checkpoint, path)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """The net's parameters and buffers (``net.*``) must be finite; metric states (a max starts at -inf) may not be."""
+    state = checkpoint.get("state_dict", {})
+    bad = [
+        k
+        for k, v in state.items()
+        if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        from trainer.faults import NonFiniteError
+
+        raise NonFiniteError(
+            f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}. The previous checkpoint is kept. "
+            f"Training diverged: lower optimizer.lr or set trainer.gradient_clip_val."
+        )
+
+
+# --- reading ----------------------------------------------------------------------------------------------
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -27,10 +137,59 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def stored_config(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The run config saved in the checkpoint, checked against ``ALLOWED_TARGETS`` before anyone builds it."""
     config = ckpt.get("hyper_parameters", {}).get("config")
     if not config or "model" not in config:
-        raise ValueError(f"{path} holds no visfeat run config (hyper_parameters.config.model); was it written by train.py?")
+        raise ValueError(
+            f"{path} holds no visfeat run config (hyper_parameters.config.model); was it written by train.py?"
+        )
+    # Hydra's own node (present when a config was composed with it) is never instantiated from a checkpoint.
+    check_targets({k: v for k, v in config.items() if k != "hydra"}, path)
     return config
+
+
+def check_targets(node: Any, path: str | Path, key: str = "") -> None:
+    """Raise ``UnsafeConfigError`` naming the file, key and target of any ``_target_`` outside the allowlist, and
+    for any interpolation (stored configs are saved resolved; ``${...}`` would run a resolver)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            here = f"{key}.{k}" if key else str(k)
+            if k == "_target_":
+                check_target(v, path, here)
+            else:
+                check_targets(v, path, here)
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            check_targets(v, path, f"{key}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise UnsafeConfigError(
+            f"{path}: config value {key}={node!r} is an interpolation; stored configs are saved resolved"
+        )
+
+
+def check_target(target: Any, path: str | Path, key: str) -> None:
+    """Entries of ``ALLOWED_TARGETS`` ending in ``.`` are packages: the object must also be defined in that
+    package (``trainer.module.torch.save`` matches ``trainer.module.`` by name only). Others are exact names."""
+    fix = "Load only checkpoints you trust; if this one is, add its prefix to trainer.checkpoint.ALLOWED_TARGETS."
+    if not isinstance(target, str):
+        raise UnsafeConfigError(f"{path}: {key}={target!r} is not an import path. {fix}")
+    if target in ALLOWED_TARGETS:
+        return
+    package = next((p for p in ALLOWED_TARGETS if p.endswith(".") and target.startswith(p)), None)
+    if package is None:
+        raise UnsafeConfigError(
+            f"{path}: {key}={target!r} is not under an allowed import path {ALLOWED_TARGETS}. {fix}"
+        )
+    try:
+        obj = get_object(target)
+    except Exception as e:
+        raise UnsafeConfigError(f"{path}: {key}={target!r} cannot be imported: {e}") from e
+    module = getattr(obj, "__module__", None) or ""
+    if not callable(obj) or not (module + ".").startswith(package):
+        raise UnsafeConfigError(
+            f"{path}: {key}={target!r} resolves to {obj!r} defined in {module or 'an unknown module'!r}, outside "
+            f"{package.rstrip('.')}. {fix}"
+        )
 
 
 def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -47,6 +206,6 @@ def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: 
             f"{path} was trained for {trained_classes} classes but the data has {num_classes}; evaluate it on "
             f"data with the same classes, or fine-tune it (model.pretrained={path}) for the new ones"
         )
-    net = build_net(model_cfg)
+    net = build_net(model_cfg, load_weights=False)  # the checkpoint's own weights follow
     net.load_state_dict(net_state_dict(ckpt), strict=True)
     return net

@@ -1,0 +1,223 @@
+"""Surviving faults: interruption by a signal, non-finite numbers, and the random state a resume needs.
+
+- ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send) and SIGUSR1 (SLURM's
+  warning before a time limit, ``#SBATCH --signal=USR1@90``) are turned into "finish this batch, write
+  ``checkpoints/last.ckpt``, exit with status 128 + signal". Resuming from that file continues with the next
+  batch of the same epoch (see docs/reliability.md).
+- ``ResumeState``: the torch, numpy and Python generators are part of every checkpoint, so a resumed run draws
+  the same dropout masks and augmentations as an uninterrupted one; and the training loader's position
+  (data/resumable.py) is put back even when Lightning built the loader before restoring the checkpoint.
+- ``check_loss`` / ``check_gradients``: called by the LightningModule before backward and before the
+  optimizer step; ``error`` stops the run naming the step, ``skip`` drops the update and counts it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+NONFINITE_MODES = ("error", "skip")
+
+
+class Interrupted(SystemExit):
+    """Raised after the checkpoint of an interrupted run is written; exits with status 128 + signal number."""
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+# --- signals -------------------------------------------------------------------------------------------
+
+
+class SaveOnSignal(pl.Callback):
+    """On SIGTERM or SIGUSR1: finish the current training batch, save ``<checkpoints>/last.ckpt``, exit.
+
+    The handler only records the signal; the checkpoint is written at the next batch end (or epoch end,
+    when the signal came during validation), where the loop state is consistent and resumable.
+    Under DDP the ranks agree (any rank signalled -> all stop at the same batch).
+    """
+
+    def __init__(self, *, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1"), filename: str = "last.ckpt") -> None:
+        self.signals = [signal.Signals[name] for name in signals if hasattr(signal, name)]
+        self.filename = filename
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("received %s: stopping after this batch and saving last.ckpt", signal.Signals(signum).name)
+        self.received = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Installed here, after Lightning's own handlers (Trainer._run), so ours is the one that acts.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # After an epoch's last batch, wait for its validation and epoch end: Lightning resumes a checkpoint
+        # saved at the last batch's end straight into the next epoch, skipping them.
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._stop_if_signalled(trainer, "batch")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_signalled(trainer, "epoch end")
+
+    def _stop_if_signalled(self, trainer: pl.Trainer, where: str) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        path = checkpoint_dir(trainer) / self.filename
+        trainer.save_checkpoint(path)
+        epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        name = signal.Signals(self.received).name if self.received else "a signal (on another rank)"
+        log.warning(
+            "%s at epoch %d, %s %d (global step %d): saved %s. Resume with: python train.py ckpt_path=%s "
+            "hydra.run.dir=%s",
+            name,
+            epoch,
+            where,
+            batch + (where == "batch"),
+            trainer.global_step,
+            path,
+            path,
+            path.parent.parent,
+        )
+        self._restore()
+        raise Interrupted(128 + (self.received or signal.SIGTERM))
+
+
+def checkpoint_dir(trainer: pl.Trainer) -> Path:
+    cb = trainer.checkpoint_callback
+    if cb is not None and getattr(cb, "dirpath", None):
+        return Path(cb.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"
+
+
+# --- random state ---------------------------------------------------------------------------------------
+
+
+class ResumeState(pl.Callback):
+    """Saves the global generators in checkpoints (as plain tensors/ints) and restores them when training
+    resumes, just before the first batch, so the resumed run continues the uninterrupted run's draws.
+
+    Also restores the training loader's saved position: Lightning 2.6 loads it only while building the
+    train loader, which has already happened when ``configure_optimizers`` asked for
+    ``estimated_stepping_batches`` (schedulers do), so it would be silently dropped.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()
+        if self._pending is None:
+            return
+        s, self._pending = self._pending, None
+        torch.set_rng_state(s["torch"])
+        n = s["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        version, internal, gauss = s["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+# --- non-finite numbers ---------------------------------------------------------------------------------
+
+
+def check_nonfinite_mode(mode: str) -> str:
+    if mode not in NONFINITE_MODES:
+        raise ValueError(f"module.nonfinite={mode!r} must be one of {NONFINITE_MODES}")
+    return mode
+
+
+def check_loss(loss: Tensor, *, step: int, epoch: int, batch_idx: int, mode: str) -> bool:
+    """True when the loss is finite; raises (``error``) or returns False (``skip``) otherwise."""
+    if bool(torch.isfinite(loss).all()):
+        return True
+    where = f"global step {step} (epoch {epoch}, batch {batch_idx})"
+    if mode == "error":
+        raise NonFiniteError(
+            f"non-finite training loss ({loss.item()}) at {where}. Lower optimizer.lr, check the input data, or "
+            f"set module.nonfinite=skip to drop such batches (counted as train/skipped_nonfinite)."
+        )
+    log.warning("non-finite loss (%s) at %s: skipping the update", loss.item(), where)
+    return False
+
+
+def nonfinite_gradients(net: nn.Module) -> list[str]:
+    """Names of parameters whose gradient holds a NaN or inf.
+
+    One host sync per step whatever the number of parameters (a NaN or inf in a gradient makes its norm
+    non-finite); the per-parameter search runs only when something is off.
+    """
+    named = [(name, p.grad) for name, p in net.named_parameters() if p.grad is not None]
+    if not named:
+        return []
+    norms = torch.stack(torch._foreach_norm([g for _, g in named]))
+    if bool(torch.isfinite(norms).all()):
+        return []
+    return [name for name, g in named if not torch.isfinite(g).all()]
+
+
+def check_gradients(
+    module: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, mode: str, skip: bool = False
+) -> bool:
+    """True when the update may go ahead. Otherwise (non-finite gradients, or ``skip`` already decided from
+    the loss) raises (``error``) or clears the gradients so that the optimizer leaves the weights alone."""
+    bad = nonfinite_gradients(module)
+    if not bad and not skip:
+        return True
+    if bad and mode == "error":
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteError(
+            f"non-finite gradients at global step {step} in {shown}. Lower optimizer.lr, set "
+            f"trainer.gradient_clip_val, or set module.nonfinite=skip to drop such updates."
+        )
+    if bad:
+        log.warning("non-finite gradients at global step %d (%s): skipping the update", step, bad[0])
+    # Parameters without a gradient are left untouched by torch optimizers (no decay, no momentum).
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = None
+    return False
