@@ -1,0 +1,205 @@
+"""Whole-set-in-memory loading with whole-batch augmentation on the training device (``data.in_memory``).
+
+For datasets that fit in memory (digits, CIFAR-10) the per-sample path (index one image, run the
+albumentations ``Pipeline`` on it, collate 128 small tensors, copy floats to the device) costs more than a
+small model's training step. This path instead:
+
+    uint8 tensor (N, C, H, W) --index a whole batch--> uint8 (B, C, H, W) --to device (4x fewer bytes)-->
+    BatchAugment: normalise, pad, random crop + flip, all samples at once --> float (B, C, H, W)
+
+``InMemoryDataset.__getitems__`` returns the whole batch (torch's DataLoader calls it with the sampler's
+indices of one batch), so samplers, DDP sharding and resumable loaders work unchanged. The datamodule
+applies ``BatchAugment`` after the batch reached its device (``on_after_batch_transfer``).
+
+Only the geometric transforms of the CIFAR recipe translate: ``Pad`` / ``PadIfNeeded`` (reflect or
+constant), ``RandomCrop`` and ``HorizontalFlip``; ``batch_augment_from`` raises for any other transform and
+says to set ``data.in_memory=false`` (or ``auto``, which falls back to the per-sample path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IN_MEMORY_MODES = (True, False, "auto")
+# cv2 border modes albumentations uses, and the torch padding mode that matches each.
+BORDER_MODES = {
+    0: "constant",
+    4: "reflect",
+}  # BORDER_CONSTANT, BORDER_REFLECT_101 (torch "reflect" excludes the edge)
+
+
+class InMemoryDataset(Dataset):
+    """Images as one uint8 tensor ``(N, C, H, W)`` and int64 targets; fetched a whole batch at a time."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images (N, H, W, C); got {images.dtype} {images.shape}")
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input": self.images[i], "target": self.targets[i], "index": i}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return {
+            "input": self.images[idx],
+            "target": self.targets[idx],
+            "index": idx,
+        }  # input: (B, C, H, W) uint8
+
+
+class BatchAugment:
+    """uint8 ``(B, C, H, W)`` -> normalised float ``(B, C, H, W)``: pad, random crop, horizontal flip, with
+    independent draws per sample, in a single gather on the batch's device."""
+
+    def __init__(
+        self,
+        *,
+        mean: np.ndarray | list[float],
+        std: np.ndarray | list[float],
+        pad: tuple[int, int, int, int] = (0, 0, 0, 0),  # left, right, top, bottom
+        pad_mode: str = "reflect",
+        pad_value: float = 0.0,
+        crop: tuple[int, int] | None = None,  # (height, width); None keeps the padded size
+        flip_p: float = 0.0,
+    ) -> None:
+        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1)
+        if pad_mode not in BORDER_MODES.values():
+            raise ValueError(f"pad_mode={pad_mode!r} must be one of {sorted(BORDER_MODES.values())}")
+        self.pad, self.pad_mode, self.pad_value = tuple(int(p) for p in pad), pad_mode, float(pad_value)
+        self.crop, self.flip_p = crop, float(flip_p)
+
+    @property
+    def is_identity(self) -> bool:
+        return not any(self.pad) and self.crop is None and self.flip_p == 0
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ValueError(
+                f"BatchAugment expects uint8 images (B, C, H, W); got {images.dtype} {tuple(images.shape)}"
+            )
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        x = images.float()
+        if any(self.pad):
+            # Pad in pixel units (constant fill is a pixel value), then normalise: both commute with crop/flip.
+            x = F.pad(x, self.pad, mode=self.pad_mode, value=self.pad_value if self.pad_mode == "constant" else None)
+        x = (x - mean * 255.0) / (std * 255.0)
+        if self.crop is None and self.flip_p == 0:
+            return x
+        return self._crop_flip(x, generator)
+
+    def _crop_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        b, c, h, w = x.shape
+        ch, cw = self.crop or (h, w)
+        if ch > h or cw > w:
+            raise ValueError(f"crop {ch}x{cw} is larger than the (padded) image {h}x{w}")
+        dev = x.device
+        # Draws on the CPU generator (seeded by seed_everything), then moved: same draws on any device.
+        top = torch.randint(0, h - ch + 1, (b,), generator=generator)
+        left = torch.randint(0, w - cw + 1, (b,), generator=generator)
+        flip = torch.rand(b, generator=generator) < self.flip_p
+        rows = (top[:, None] + torch.arange(ch)).to(dev)  # (B, ch)
+        cols = torch.arange(cw).expand(b, cw)
+        cols = torch.where(flip[:, None], cw - 1 - cols, cols) + left[:, None]
+        cols = cols.to(dev)  # (B, cw)
+        batch = torch.arange(b, device=dev)[:, None, None]
+        out = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, ch, cw, C)
+        return out.permute(0, 3, 1, 2).contiguous()  # (B, C, ch, cw)
+
+
+def batch_augment_from(pipeline: Any, *, image_size: tuple[int, int]) -> BatchAugment:
+    """The ``BatchAugment`` equivalent of a ``data.transforms.Pipeline`` made of Pad / PadIfNeeded /
+    RandomCrop / HorizontalFlip (in that order), for images of ``image_size`` (H, W)."""
+    if pipeline is None:
+        raise ValueError("data.in_memory=true needs the augment config's train/eval pipelines (mean and std)")
+    mean, std = pipeline.mean / 255.0, 1.0 / (pipeline.inv_std * 255.0)
+    h, w = image_size
+    pad, pad_mode, pad_value, crop, flip_p = (0, 0, 0, 0), "reflect", 0.0, None, 0.0
+    for t in pipeline.compose.transforms:
+        kind = type(t).__name__
+        if kind in ("Pad", "PadIfNeeded") and not any(pad) and crop is None:
+            pad = _pad_amounts(t, h, w)
+            pad_mode, pad_value = _border(t), float(np.mean(getattr(t, "fill", 0) or 0))
+        elif kind == "RandomCrop" and crop is None and t.p == 1.0:
+            crop = (int(t.height), int(t.width))
+        elif kind == "HorizontalFlip" and flip_p == 0:
+            flip_p = float(t.p)
+        else:
+            raise ValueError(
+                f"data.in_memory=true: augment transform {kind} has no whole-batch equivalent (supported, in this "
+                f"order: Pad | PadIfNeeded, RandomCrop, HorizontalFlip); set data.in_memory=false or auto"
+            )
+    return BatchAugment(mean=mean, std=std, pad=pad, pad_mode=pad_mode, pad_value=pad_value, crop=crop, flip_p=flip_p)
+
+
+def _pad_amounts(t: A.BasicTransform, h: int, w: int) -> tuple[int, int, int, int]:
+    if type(t).__name__ == "Pad":
+        p = t.padding
+        if isinstance(p, int):
+            return (p, p, p, p)
+        if len(p) == 2:  # (x, y)
+            return (p[0], p[0], p[1], p[1])
+        left, top, right, bottom = p
+        return (left, right, top, bottom)
+    if getattr(t, "position", "center") != "center" or t.min_height is None or t.min_width is None:
+        raise ValueError("data.in_memory=true supports PadIfNeeded with min_height/min_width and position=center only")
+    dh, dw = max(0, t.min_height - h), max(0, t.min_width - w)
+    return (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2)
+
+
+def _border(t: A.BasicTransform) -> str:
+    mode = int(t.border_mode)
+    if mode not in BORDER_MODES:
+        raise ValueError(f"data.in_memory=true supports border_mode 0 (constant) or 4 (reflect_101); got {mode}")
+    return BORDER_MODES[mode]
+
+
+def hold_in_memory(
+    splits: tuple[Dataset, ...], *, mode: bool | str, train_transform: Any, eval_transform: Any
+) -> tuple[tuple[Dataset, ...], dict[str, BatchAugment] | None]:
+    """``(train, val, test)`` image-array splits -> in-memory splits and their ``{"train", "eval"}`` batch
+    transforms; the splits unchanged (and None) when ``mode`` is false, or ``"auto"`` and the datasets are
+    not uint8 arrays or the augment pipelines have no whole-batch equivalent."""
+    if mode not in IN_MEMORY_MODES:
+        raise ValueError(f"data.in_memory={mode!r} must be true, false or auto")
+    if mode is False:
+        return splits, None
+    arrays = [getattr(d, "images", None) for d in splits]
+    if not all(isinstance(a, np.ndarray) and a.ndim == 4 and a.dtype == np.uint8 for a in arrays):
+        if mode == "auto":
+            return splits, None
+        raise ValueError(
+            f"data.in_memory=true needs datasets held as uint8 image arrays (digits, cifar10); got "
+            f"{[type(d).__name__ for d in splits]}. Set data.in_memory=false"
+        )
+    size = tuple(arrays[0].shape[1:3])
+    try:
+        transforms = {
+            "train": batch_augment_from(train_transform, image_size=size),
+            "eval": batch_augment_from(eval_transform, image_size=size),
+        }
+    except ValueError:
+        if mode == "auto":
+            return splits, None
+        raise
+    return tuple(InMemoryDataset(d.images, d.targets) for d in splits), transforms
+
+
+def augment_batch(batch: dict[str, Any], transforms: dict[str, BatchAugment], *, train: bool) -> dict[str, Any]:
+    """Turns a batch's uint8 ``input`` into the augmented, normalised float input (on the batch's device)."""
+    x = batch.get("input")
+    if x is None or x.dtype != torch.uint8:
+        return batch
+    return {**batch, "input": transforms["train" if train else "eval"](x)}
