@@ -8,6 +8,8 @@ os.environ.setdefault("VISFEAT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import trainer.resolvers  # noqa: E402,F401  (registers ${visfeat.*} before Hydra composes the config)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:

@@ -16,14 +16,20 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
+
+from data.in_memory import augment_batch, hold_in_memory
+from data.resumable import ResumableLoader, ResumableSampler
+from data.sampler import shard_sampler
 
 # Per-sample keys whose values differ in shape between samples; they stay Python lists.
 LIST_KEYS = ("boxes", "path")
 
 
 def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+    if isinstance(samples, dict):  # a whole batch fetched at once (data/in_memory.py)
+        return {**samples, "num_skipped": 0}
     kept = [s for s in samples if s is not None]
     batch: dict[str, Any] = {}
     if kept:
@@ -72,6 +78,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     Args:
         batch_size: samples per batch (per process under DDP).
         num_workers: loader processes; 0 loads in the training process.
+        in_memory: true holds uint8 image-array splits (digits, cifar10) as tensors and augments whole batches
+            on the training device (data/in_memory.py); ``auto`` does so when the augment pipeline allows it.
         seed: seeds the train/val split and the shuffling order.
         train_transform / eval_transform: callables from an image (HWC uint8) or clip (THWC uint8) to a
             float tensor; built from the ``augment`` config.
@@ -87,6 +95,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        in_memory: bool | str = False,
         seed: int = 0,
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
@@ -105,6 +114,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.in_memory = in_memory
+        self.batch_transforms = None  # {"train", "eval"} whole-batch augmentations when held in memory
         self.seed = seed
         self.train_transform = train_transform
         self.eval_transform = eval_transform
@@ -133,21 +144,47 @@ class ClassificationDataModule(pl.LightningDataModule):
     # --- shared -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set, self.val_set, self.test_set = self.make_splits()
+            splits, self.batch_transforms = hold_in_memory(
+                self.make_splits(),
+                mode=self.in_memory,
+                train_transform=self.train_transform,
+                eval_transform=self.eval_transform,
+            )
+            self.train_set, self.val_set, self.test_set = splits
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batch_transforms is None:
+            return batch
+        return augment_batch(batch, self.batch_transforms, train=self.trainer is not None and self.trainer.training)
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        sampler = self._shard_sampler(dataset, train=train)
+        if train and sampler is None:
+            # An epoch's order depends only on (seed, epoch) and a mid-epoch checkpoint records the position.
+            sampler = ResumableSampler(dataset, seed=self.seed)
+        loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
+        return loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(sampler if sampler is not None else dataset) > self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             collate_fn=collate,
             worker_init_fn=seed_worker,
             generator=generator,
+        )
+
+    def _shard_sampler(self, dataset: Dataset, *, train: bool) -> DistributedSampler | None:
+        """This process's shard under DDP (unpadded for evaluation, see data/sampler.py); None otherwise."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return shard_sampler(
+            dataset, train=train, num_replicas=trainer.world_size, rank=trainer.global_rank, seed=self.seed
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,12 +13,20 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import trainer.resolvers  # noqa: F401  (the ${visfeat.*} resolvers of conf/hydra, as in train.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VISFEAT_ROOT", str(ROOT))
 
 # Keeps every test run small: one epoch of a few batches, no rich progress bar redraws, no workers.
-SMALL = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
-         "trainer.limit_test_batches=2", "data.num_workers=0", "~callbacks.progress_bar"]
+SMALL = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "data.num_workers=0",
+    "~callbacks.progress_bar",
+]
 
 
 def compose_config(*overrides: str, output_dir: Path, config_name: str = "train") -> DictConfig:
@@ -49,12 +57,21 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_script(script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, check: bool = True,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, env: dict | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run an entry script (train.py, eval.py, ...) in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc

@@ -43,8 +43,9 @@ def test_cifar10_reads_the_official_pickle_layout(tmp_path):
     assert labels.tolist() == raw["labels"]
 
     transform = Pipeline(mean=[0.5] * 3, std=[0.25] * 3)
-    dm = CIFAR10DataModule(root=str(tmp_path), val_size=10, batch_size=4, train_transform=transform,
-                           eval_transform=transform)
+    dm = CIFAR10DataModule(
+        root=str(tmp_path), val_size=10, batch_size=4, train_transform=transform, eval_transform=transform
+    )
     dm.check()
     dm.setup()
     assert [len(dm.train_set), len(dm.val_set), len(dm.test_set)] == [50, 10, 7]

@@ -45,9 +45,9 @@ def test_every_image_model_trains_a_step(make_cfg, model):
 
 @pytest.mark.parametrize("depth", [34, 50])
 def test_resnet_depths_and_vgg_depths_build(make_cfg, depth):
-    from trainer.build import build_net
-
     import torch
+
+    from trainer.build import build_net
 
     cfg = make_cfg("model=resnet", f"model.backbone.depth={depth}")
     net = build_net(cfg.model)
@@ -57,17 +57,29 @@ def test_resnet_depths_and_vgg_depths_build(make_cfg, depth):
 
 def test_cifar10_recipe_runs_a_step_on_a_tiny_copy(make_cfg, tmp_path):
     write_cifar10(tmp_path / "cifar10", n_per_batch=20, n_test=16)
-    cfg = make_cfg("experiment=cifar10_resnet18", f"data.root={tmp_path / 'cifar10'}", "data.val_size=10",
-                   "data.batch_size=8", "trainer.fast_dev_run=true", "trainer.accelerator=cpu",
-                   "data.persistent_workers=false")
+    cfg = make_cfg(
+        "experiment=cifar10_resnet18",
+        f"data.root={tmp_path / 'cifar10'}",
+        "data.val_size=10",
+        "data.batch_size=8",
+        "trainer.fast_dev_run=true",
+        "trainer.accelerator=cpu",
+        "data.persistent_workers=false",
+    )
     assert cfg.optimizer.lr == 0.1 and cfg.model.backbone.small_input and cfg.scheduler._target_.endswith("onecycle")
     train(cfg)
 
 
 def test_image_folder_trains(make_cfg, tmp_path):
     write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=4)
-    cfg = make_cfg("data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=3",
-                   "data.image_size=16", "data.batch_size=4", "data.persistent_workers=false")
+    cfg = make_cfg(
+        "data=image_folder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.num_classes=3",
+        "data.image_size=16",
+        "data.batch_size=4",
+        "data.persistent_workers=false",
+    )
     train(cfg)
     assert results(tmp_path / "run")["data/num_classes"] == 3
 
@@ -91,8 +103,9 @@ def test_unknown_group_option_lists_the_choices(make_cfg):
     assert "resnett" in str(e.value) and "resnet" in str(e.value).replace("resnett", "")
 
 
-@pytest.mark.parametrize(("override", "key"), [("optimizer.lr=0", "optimizer.lr"),
-                                               ("data.batch_size=-4", "data.batch_size")])
+@pytest.mark.parametrize(
+    ("override", "key"), [("optimizer.lr=0", "optimizer.lr"), ("data.batch_size=-4", "data.batch_size")]
+)
 def test_non_positive_values_fail_before_training(make_cfg, tmp_path, override, key):
     with pytest.raises(ConfigError, match=key):
         train(make_cfg(override))
@@ -109,8 +122,15 @@ def test_checkpoint_with_other_classes_is_rejected_by_eval(make_cfg, tmp_path):
     train(make_cfg())
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=2)
-    proc = run_script("eval.py", f"ckpt_path={ckpt}", "data=image_folder", f"data.root={tmp_path / 'imgs'}",
-                      "data.num_classes=3", f"hydra.run.dir={tmp_path / 'eval'}", check=False)
+    proc = run_script(
+        "eval.py",
+        f"ckpt_path={ckpt}",
+        "data=image_folder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.num_classes=3",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "trained for 10 classes but the data has 3" in proc.stderr
 

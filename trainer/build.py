@@ -7,15 +7,49 @@ plain ``nn.Module``s without file IO or training concerns.
 
 from __future__ import annotations
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-FRAMEWORK_KEYS = ("pretrained", "channels_last")
+from trainer.pretrained import load_pretrained
+
+FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "channels_last")
 
 
-def build_net(model_cfg: DictConfig | dict) -> nn.Module:
+def build_net(model_cfg: DictConfig | dict, *, load_weights: bool = True, compile: bool = False) -> nn.Module:
+    """The net; with ``load_weights`` it starts from ``model.pretrained`` (trainer/pretrained.py), leaving out
+    keys under ``model.pretrained_exclude`` (e.g. ``[head]``). Rebuilding a checkpoint's net skips it.
+    ``model.channels_last`` puts weights and inputs in channels-last layout; ``compile`` (the top-level
+    ``compile`` key) compiles its forward with ``torch.compile`` in place; state_dict keys stay the same."""
     ctor = OmegaConf.to_container(model_cfg, resolve=True)
-    for key in FRAMEWORK_KEYS:
-        ctor.pop(key, None)
-    return instantiate(ctor)
+    options = {key: ctor.pop(key, None) for key in FRAMEWORK_KEYS}
+    net = instantiate(ctor)
+    if load_weights and options["pretrained"]:
+        load_pretrained(net, options["pretrained"], exclude=options["pretrained_exclude"] or ())
+    if options["channels_last"]:
+        use_channels_last(net)
+    if compile:
+        net.compile()
+    return net
+
+
+def use_channels_last(net: nn.Module) -> nn.Module:
+    """Conv weights (4D and 5D) and, by a forward pre-hook, the net's input in channels-last layout: NHWC
+    kernels (cuDNN tensor cores, oneDNN) then run without a layout conversion around every convolution."""
+    for t in [*net.parameters(), *net.buffers()]:
+        if t.ndim in (4, 5):
+            t.data = t.data.contiguous(memory_format=_LAYOUT[t.ndim])
+    net.register_forward_pre_hook(_input_channels_last, with_kwargs=True)
+    return net
+
+
+_LAYOUT = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def _input_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if args and isinstance(args[0], torch.Tensor) and args[0].ndim in _LAYOUT:
+        args = (args[0].contiguous(memory_format=_LAYOUT[args[0].ndim]), *args[1:])
+    elif isinstance(kwargs.get("input"), torch.Tensor) and kwargs["input"].ndim in _LAYOUT:
+        kwargs = {**kwargs, "input": kwargs["input"].contiguous(memory_format=_LAYOUT[kwargs["input"].ndim])}
+    return args, kwargs

@@ -26,10 +26,11 @@ class History(pl.Callback):
             return
         row = {"epoch": float(trainer.current_epoch), "step": float(trainer.global_step)}
         for key, value in trainer.callback_metrics.items():
-            if key.startswith(("train/", "val/", "data/")) and not key.endswith("_step"):
+            if key.startswith(("train/", "val/", "data/", "finetune/")) and not key.endswith("_step"):
                 row[key.removesuffix("_epoch")] = float(value)
         for i, group in enumerate(trainer.optimizers[0].param_groups):
-            row[f"lr/group{i}"] = float(group["lr"])
+            # Fine-tuning groups come as named pairs (decayed, undecayed) with one lr: one column per group.
+            row[f"lr/{group.get('group', f'group{i}')}"] = float(group["lr"])
         self.rows.append(row)
         if trainer.is_global_zero:
             self.write_csv()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from trainer.faults import check_gradients, check_loss, check_nonfinite_mode
 from trainer.optim import no_decay_names, param_groups
 
 
@@ -35,13 +36,18 @@ class ClassificationModule(pl.LightningModule):
         exclude_norm_bias_from_wd: bool = True,
         mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         run_config: dict | None = None,
+        nonfinite: str = "error",
+        group_params: Callable[..., list[dict]] | None = None,
     ) -> None:
         super().__init__()
+        self.nonfinite = check_nonfinite_mode(nonfinite)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
         self.save_hyperparameters({"config": run_config or {}}, logger=False)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # Named per-stage groups with their own lrs (trainer.finetune.FineTune.param_groups), else decay/no-decay.
+        self.group_params = group_params
         self.label_smoothing = label_smoothing
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
         self.mixer = mixer
@@ -56,9 +62,12 @@ class ClassificationModule(pl.LightningModule):
         )
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps the best so far
         self.test_confmat = MulticlassConfusionMatrix(num_classes=n)
         self.test_confusion: Tensor | None = None  # (num_classes, num_classes) counts, rows: true class
         self.skipped = 0  # unreadable samples dropped by the loader during training
+        self.skipped_nonfinite = 0  # updates dropped for a non-finite loss or gradient (nonfinite=skip)
+        self._skip_update = False
         self._test_views: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
@@ -77,11 +86,34 @@ class ClassificationModule(pl.LightningModule):
         if self.mixer is not None:
             x, y = self.mixer(x, y)
         loss = self.loss(self(x, batch.get("boxes")), y)
+        if not check_loss(
+            loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx, mode=self.nonfinite
+        ):
+            # Backward still runs (DDP processes stay in step); the update is dropped before the optimizer.
+            self._skip_update = True
+            return loss
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        skip, self._skip_update = self._skip_update, False
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16: the grad scaler itself skips steps with inf/nan gradients and lowers its scale
+        if not check_gradients(self.net, optimizer, step=self.global_step, mode=self.nonfinite, skip=skip):
+            self.skipped_nonfinite += 1
+
     def on_train_epoch_end(self) -> None:
         self.log("data/skipped", float(self.skipped), reduce_fx="sum", sync_dist=True)
+        self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), reduce_fx="max", sync_dist=True)
+
+    # Counters run over the whole fit, so a resumed run must start from the checkpoint's counts.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["counters"] = {"skipped": self.skipped, "skipped_nonfinite": self.skipped_nonfinite}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        counters = checkpoint.get("counters", {})
+        self.skipped = counters.get("skipped", 0)
+        self.skipped_nonfinite = counters.get("skipped_nonfinite", 0)
 
     # --- evaluation ---------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, split: str) -> Tensor:
@@ -117,24 +149,35 @@ class ClassificationModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._eval_step(batch, "test")
         if "video" in batch:
-            self._test_views.append((batch["video"].detach().cpu(), logits.detach().float().cpu(), batch["target"].cpu()))
+            self._test_views.append(
+                (batch["video"].detach().cpu(), logits.detach().float().cpu(), batch["target"].cpu())
+            )
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self.test_confmat.compute().cpu()
         self.test_confmat.reset()
-        if not self._test_views:
+        views = self._gather_views()
+        self._test_views.clear()
+        if views is None:
             self._log_metrics("test")
             return
         self._log_metrics("test", acc_name="clip_acc")
-        self.log("test/acc", video_accuracy(*self._gather_views()))
-        self._test_views.clear()
+        self.log("test/acc", video_accuracy(*views))
 
-    def _gather_views(self) -> tuple[Tensor, Tensor, Tensor]:
-        video, logits, target = (torch.cat(t) for t in zip(*self._test_views, strict=True))
+    def _gather_views(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(video, logits, target) of the test views of all processes; None when no batch carried ``video``.
+
+        Under DDP every process takes part in the gather, also one whose (unpadded, possibly shorter) shard
+        held no views, and the views of one video may sit on different processes: they are averaged after.
+        """
+        parts = [tuple(torch.cat(t) for t in zip(*self._test_views, strict=True))] if self._test_views else []
         if self.trainer.world_size > 1:
-            parts: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, (video, logits, target))
-            video, logits, target = (torch.cat(t) for t in zip(*parts, strict=True))
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [p for rank_parts in gathered for p in rank_parts]
+        if not parts:
+            return None
+        video, logits, target = (torch.cat(t) for t in zip(*parts, strict=True))
         return video, logits, target
 
     # --- optimisation -------------------------------------------------------------------------------
@@ -142,11 +185,17 @@ class ClassificationModule(pl.LightningModule):
         partial = self.optimizer_factory
         weight_decay = getattr(partial, "keywords", {}).get("weight_decay", 0.0)
         skip = no_decay_names(self.net) if self.exclude_norm_bias_from_wd else set()
-        groups = param_groups(
-            (("net." + n, p) for n, p in self.net.named_parameters()),
-            skip={"net." + n for n in skip},
-            weight_decay=weight_decay,
-        )
+        if self.group_params is not None:
+            lr = getattr(partial, "keywords", {}).get("lr")
+            if lr is None:
+                raise ValueError("the optimizer config needs an lr (optimizer.lr): fine-tuning groups scale it")
+            groups = self.group_params(self.net, lr=lr, weight_decay=weight_decay, skip=skip)
+        else:
+            groups = param_groups(
+                (("net." + n, p) for n, p in self.net.named_parameters()),
+                skip={"net." + n for n in skip},
+                weight_decay=weight_decay,
+            )
         optimizer = partial(groups)
         if self.scheduler_factory is None:
             return optimizer

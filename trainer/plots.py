@@ -15,7 +15,11 @@ import numpy as np  # noqa: E402
 def plot_curves(history: Sequence[dict], out_dir: Path) -> list[Path]:
     """One PNG per metric family (loss, acc, lr) against epoch; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    families = {"loss": lambda k: k.endswith("loss") or "loss_" in k, "acc": lambda k: "/acc" in k, "lr": lambda k: k.startswith("lr")}
+    families = {
+        "loss": lambda k: k.endswith("loss") or "loss_" in k,
+        "acc": lambda k: "/acc" in k,
+        "lr": lambda k: k.startswith("lr"),
+    }
     written = []
     for name, wanted in families.items():
         keys = sorted({k for row in history for k in row if wanted(k) and k != "epoch"})
@@ -48,12 +52,53 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
         ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
         ax.set_yticks(range(n), class_names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_finetune(history: Sequence[dict], path: Path) -> Path:
+    """Fine-tuning schedule: lr of each parameter group (top) and which groups trained in each epoch (bottom)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups = list(dict.fromkeys(k.split("/", 1)[1] for row in history for k in row if k.startswith("trainable/")))
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_lr, ax_on) = plt.subplots(
+        2, 1, figsize=(7, 3 + 0.3 * len(groups)), sharex=True, gridspec_kw={"height_ratios": [2, 1]}
+    )
+    for g in groups:
+        pts = [(row["epoch"], row[f"lr/{g}"]) for row in history if f"lr/{g}" in row]
+        if pts:
+            ax_lr.plot(*zip(*pts, strict=True), marker="o", ms=3, label=g)
+    ax_lr.set_ylabel("lr at epoch start")
+    ax_lr.grid(alpha=0.3)
+    ax_lr.legend(fontsize=7, ncol=2)
+    on = np.array([[row.get(f"trainable/{g}", 0.0) for row in history] for g in groups])  # (groups, epochs)
+    ax_on.imshow(
+        on,
+        aspect="auto",
+        cmap="Greens",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+        extent=(min(epochs) - 0.5, max(epochs) + 0.5, len(groups) - 0.5, -0.5),
+    )
+    ax_on.set_yticks(range(len(groups)), groups, fontsize=7)
+    ax_on.set_xlabel("epoch")
+    ax_on.set_title("trainable (green)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

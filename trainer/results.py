@@ -10,13 +10,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf",
-            "albumentations", "av", "numpy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "albumentations",
+    "av",
+    "numpy",
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
     """Commit of the code that ran and whether the working tree differed from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
 

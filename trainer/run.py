@@ -19,8 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from data.base import ClassificationDataModule
 from trainer.build import build_net
 from trainer.callbacks import History
+from trainer.checkpoint import load_checkpoint, net_from_checkpoint, stored_config
 from trainer.checks import check_config
-from trainer.checkpoint import load_checkpoint, net_from_checkpoint
+from trainer.distributed import end_processes
+from trainer.faults import ResumeState, SaveOnSignal
+from trainer.finetune import FineTune
 from trainer.module import ClassificationModule
 from trainer.plots import plot_confusion
 from trainer.results import git_state, package_versions, write_json
@@ -35,10 +38,12 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
 
     datamodule = build_datamodule(cfg.data, cfg.augment)
-    net = build_net(cfg.model)
-    module = build_module(cfg, net)
+    net = build_net(cfg.model, compile=cfg.get("compile", False))
+    finetune = instantiate(cfg.finetune) if cfg.get("finetune") else None
+    module = build_module(cfg, net, finetune)
     history = History(output_dir=str(run_dir))
-    trainer = build_trainer(cfg, extra_callbacks=[history])
+    faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
+    trainer = build_trainer(cfg, extra_callbacks=[history, *faults, *([finetune] if finetune else [])])
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -51,7 +56,7 @@ def train(cfg: DictConfig) -> float | None:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
 
     results = {
-        **{k: v for k, v in fit_metrics.items() if k.startswith(("val/", "data/"))},
+        **{k: v for k, v in fit_metrics.items() if k.startswith(("val/", "data/", "train/skipped"))},
         **test_metrics,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -62,13 +67,14 @@ def train(cfg: DictConfig) -> float | None:
     }
     if trainer.is_global_zero:
         record(run_dir, results, module, datamodule)
+    end_processes(trainer)
     return optimized_value(cfg, results)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a checkpoint on the test split of the data config stored in it (or of the one given)."""
     ckpt = load_checkpoint(cfg.ckpt_path)
-    stored = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path))
     data_cfg = merge_data_config(stored, cfg)
     pl.seed_everything(stored.seed, workers=True)
     datamodule = build_datamodule(data_cfg, stored.augment)
@@ -79,6 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = {**metrics, "ckpt_path": str(cfg.ckpt_path), **run_metadata(cfg, datamodule)}
     if trainer.is_global_zero:
         record(Path(cfg.paths.output_dir), results, module, datamodule)
+    end_processes(trainer)
     return results
 
 
@@ -89,21 +96,30 @@ def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None) -> Cl
     """The DataModule with its transforms; fails here, before any training, if the data is missing."""
     transforms = {}
     if augment_cfg is not None:
-        transforms = {"train_transform": instantiate(augment_cfg.train), "eval_transform": instantiate(augment_cfg.eval)}
+        transforms = {
+            "train_transform": instantiate(augment_cfg.train),
+            "eval_transform": instantiate(augment_cfg.eval),
+        }
     datamodule = instantiate(data_cfg, **transforms)
     datamodule.check()
     datamodule.check_num_classes()
     return datamodule
 
 
-def build_module(cfg: DictConfig, net: torch.nn.Module) -> ClassificationModule:
+def build_module(cfg: DictConfig, net: torch.nn.Module, finetune: FineTune | None = None) -> ClassificationModule:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     mixer = instantiate(cfg.augment.mixer) if cfg.augment.get("mixer") else None
     # Partial first: keyword arguments given to instantiate() would themselves be instantiated, and the
     # plain run config is full of `_target_`s that must stay data.
     module = instantiate(cfg.module, _partial_=True)
-    return module(net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, mixer=mixer,
-                  run_config=OmegaConf.to_container(cfg, resolve=True))
+    return module(
+        net=net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        mixer=mixer,
+        group_params=finetune.param_groups if finetune else None,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> pl.Trainer:
