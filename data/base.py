@@ -124,8 +124,19 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.test_set: Dataset | None = None
 
     # --- to implement -------------------------------------------------------------------------------
-    num_classes: int
-    class_names: list[str]
+    # Datasets with a fixed label set override ``class_names`` (and ``num_classes``) as class attributes;
+    # datasets that discover classes on disk set ``_class_names`` in ``check()``.
+    _class_names: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            self.check()
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     def check(self) -> None:
         """Fail early (before any training) when the data is missing; named paths and fixes in the message."""

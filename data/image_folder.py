@@ -124,17 +124,6 @@ class ImageFolderDataModule(ClassificationDataModule):
         self.image_size, self.val_size, self.split_seed = image_size, val_size, split_seed
         self.skip_unreadable_train, self.skip_unreadable_eval = skip_unreadable_train, skip_unreadable_eval
         self.test_is_val = False
-        self._class_names: list[str] | None = None
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self.check()
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def check(self) -> None:
         train = self.root / "train"

@@ -1,7 +1,8 @@
 """Samplers that shard a dataset over the processes of a distributed run.
 
-Training uses torch's ``DistributedSampler``: a seeded shuffle per epoch (``set_epoch``, called by
-Lightning) and shards of equal length, since every process must take the same number of optimiser steps.
+Training uses ``data.resumable.ResumableSampler``, torch's ``DistributedSampler`` (a seeded shuffle per epoch,
+``set_epoch`` called by Lightning, shards of equal length since every process must take the same number of
+optimiser steps) that can also resume in the middle of an epoch.
 Evaluation uses ``UnpaddedDistributedSampler``: torch's sampler pads the last shard with repeated samples,
 which would count them twice in val/test metrics. Here each sample belongs to exactly one shard and the
 shards may differ in length by one; the metrics (torchmetrics states) are summed over processes, so the
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from torch.utils.data import Dataset, DistributedSampler
+
+from data.resumable import ResumableSampler
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -33,8 +36,6 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 
 def shard_sampler(dataset: Dataset, *, train: bool, num_replicas: int, rank: int, seed: int) -> DistributedSampler:
-    if train:
-        return DistributedSampler(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
+    if train:  # a DistributedSampler whose position in an epoch is checkpointed (exact mid-epoch resume)
+        return ResumableSampler(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
     return UnpaddedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank)

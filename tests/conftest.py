@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +18,17 @@ import trainer.resolvers  # noqa: F401  (the ${visfeat.*} resolvers of conf/hydr
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("VISFEAT_ROOT", str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny tensors: one intra-op thread is faster than two spinning against each other (and than
+    against a second process, as in the DDP tests) on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Keeps every test run small: one epoch of a few batches, no rich progress bar redraws, no workers.
 SMALL = [

@@ -28,15 +28,6 @@ from trainer.run import train
 DIGIT_STATS = ["data.mean=[0.2,0.2,0.2]", "data.std=[0.35,0.35,0.35]", "data.image_size=32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by several processes: torch's default 2 threads spin against each other, 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_digits(root: Path, indices: np.ndarray, *, suffix: str = ".png") -> np.ndarray:
     """``root/<digit>/<index>.png`` class folders of sklearn digits (32x32 RGB); returns pixels (N, 3072)."""
     images, targets = digits_as_images(32)

@@ -4,7 +4,6 @@ videos, composes from the real config and trains a fast_dev_run step through tra
 from __future__ import annotations
 
 import pytest
-import torch
 
 from trainer.run import train
 
@@ -55,15 +54,6 @@ TOGETHER = [
     [("nonlocal", "res4"), ("roi", "pool"), ("fusion", "concat")],
     [("nonlocal", "res3"), ("roi", "align"), ("fusion", "weighted")],
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: one thread is faster than several fighting over a shared machine's cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def part_overrides(make_cfg, base: list[str], parts: list[tuple[str, str]]):

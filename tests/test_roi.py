@@ -15,15 +15,6 @@ from models.net import Net
 from models.roi import ROIHead, boxes_per_frame, grid_boxes, rmac_boxes, roi_head
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Many small ops: one thread avoids oversubscription on a shared machine and is faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ramp(h: int = 6, w: int = 6) -> torch.Tensor:
     """A (1, 1, h, w) map with value x + 10 y at cell (y, x): bilinear sampling of it is exact."""
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")

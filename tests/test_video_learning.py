@@ -35,15 +35,6 @@ def clips(tmp_path_factory):
     return load_clips(tmp_path_factory, size=32, train=40, test=12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops: a second intra-op thread only spins (and the machine's cores are shared).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def train_and_test(temporal, clips, *, epochs: int, lr: float = 5e-3, seed: int = 0) -> float:
     (x, y), (x_test, y_test) = clips
     torch.manual_seed(seed)

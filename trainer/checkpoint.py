@@ -105,11 +105,13 @@ def fsync_dir(directory: Path) -> None:
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
     """The net's parameters and buffers (``net.*``) must be finite; metric states (a max starts at -inf) may not be."""
     state = checkpoint.get("state_dict", {})
-    bad = [
-        k
-        for k, v in state.items()
-        if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
-    ]
+    tensors = {k: v for k, v in state.items() if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point()}
+    if not tensors:
+        return
+    # One host sync for all tensors (a NaN or inf makes a norm non-finite); names only when something is off.
+    if bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(list(tensors.values()))])).all()):
+        return
+    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
     if bad:
         from trainer.faults import NonFiniteError
 

@@ -194,7 +194,7 @@ def nonfinite_gradients(net: nn.Module) -> list[str]:
     named = [(name, p.grad) for name, p in net.named_parameters() if p.grad is not None]
     if not named:
         return []
-    norms = torch.stack(torch._foreach_norm([g for _, g in named]))
+    norms = torch.stack([n.float() for n in torch._foreach_norm([g for _, g in named])])
     if bool(torch.isfinite(norms).all()):
         return []
     return [name for name, g in named if not torch.isfinite(g).all()]

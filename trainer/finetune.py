@@ -98,7 +98,7 @@ class FineTune(pl.Callback):
     """Builds the optimizer's named parameter groups and freezes/unfreezes them epoch by epoch.
 
     Each epoch logs ``finetune/trainable/<group>`` (0/1) and ``lr/<group>`` and draws them in
-    ``<output_dir>/plots/finetune.png`` at the end of fitting.
+    ``<output_dir>/plots/finetune.png`` at the end of fitting (unless the schedule is plain: see ``is_plain``).
     """
 
     def __init__(
@@ -241,8 +241,13 @@ class FineTune(pl.Callback):
             )
             self._last_trainable = names
 
+    @property
+    def is_plain(self) -> bool:
+        """Everything trains at one lr from the start: plots/lr.png already says all there is."""
+        return self.mode == "none" and self.backbone_lr_mult == 1.0 and self.layer_decay == 1.0
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.plot and self.output_dir is not None and self.rows:
+        if trainer.is_global_zero and self.plot and self.output_dir is not None and self.rows and not self.is_plain:
             plot_finetune(self.rows, self.output_dir / "plots" / "finetune.png")
 
     def state_dict(self) -> dict[str, Any]:

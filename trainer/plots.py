@@ -33,7 +33,8 @@ def plot_curves(history: Sequence[dict], out_dir: Path) -> list[Path]:
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
+        # Fixed margins: tight_layout measures every text box and costs more than drawing the figure.
+        fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.96)
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)

@@ -82,18 +82,7 @@ class VideoDataModule(ClassificationDataModule):
         self.test_clips, self.test_crops = int(test_clips), int(test_crops)
         self.skip_unreadable_train, self.skip_unreadable_eval = skip_unreadable_train, skip_unreadable_eval
         self.test_is_val = False
-        self._class_names: list[str] | None = None
         self._splits: dict[str, list[Video]] | None = None
-
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self.check()
-        return self._class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     # --- finding the videos -----------------------------------------------------------------------------
     def check(self) -> None:
