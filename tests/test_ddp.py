@@ -112,6 +112,8 @@ def test_extra_processes_rerun_the_job_not_the_sweep(make_cfg, tmp_path, monkeyp
     with read_write(hc), open_dict(hc):  # what Hydra records for job 3 of `-m optimizer.lr=0.1,0.01`
         hc.overrides.task = ["optimizer.lr=0.01"]
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), "-m", "optimizer.lr=0.1,0.01"])
+    # As when train.py is the script: under `python -m pytest` __main__ is pytest's module, with a spec.
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)
     command = job_command()
     assert command[:2] == [sys.executable, str(ROOT / "train.py")]
     assert "-m" not in command and "optimizer.lr=0.1,0.01" not in command
