@@ -8,9 +8,7 @@ LightningModule can count them (``data/skipped`` in results.json) even when load
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,11 +36,6 @@ def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         batch.update({k: [s[k] for s in kept] for k in keys if k in LIST_KEYS})
     batch["num_skipped"] = len(samples) - len(kept)
     return batch
-
-
-def default_data_root() -> Path:
-    """Datasets live outside the code: ``$VISFEAT_DATA`` or ``datasets/`` at the repository top."""
-    return Path(os.environ.get("VISFEAT_DATA", Path(__file__).resolve().parent.parent / "datasets"))
 
 
 def seeded_split(n: int, sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:

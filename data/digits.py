@@ -11,13 +11,19 @@ from torch.utils.data import Dataset
 from data.base import ArrayDataset, ClassificationDataModule, resolve_size, seeded_split
 
 
-def digits_as_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """The 8x8 digits upsampled (bilinear) to ``image_size`` and repeated to 3 channels: uint8 (N, H, W, 3)."""
+def upsampled_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 digits resized (bilinear) to ``size`` x ``size``: float (N, size, size) in [0, 1]; labels."""
     bunch = load_digits()
     x = torch.from_numpy(bunch.images).float()[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    images = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).repeat(1, 1, 1, 3)
-    return images.numpy(), bunch.target.astype(np.int64)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return x[:, 0].numpy(), bunch.target.astype(np.int64)
+
+
+def digits_as_images(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The digits at ``image_size`` repeated to 3 channels: uint8 (N, H, W, 3); labels."""
+    x, targets = upsampled_digits(image_size)
+    images = np.repeat((x * 255).round().astype(np.uint8)[..., None], 3, axis=-1)  # (N, H, W, 3)
+    return images, targets
 
 
 class DigitsDataModule(ClassificationDataModule):

@@ -81,10 +81,6 @@ class BatchAugment:
         self.pad, self.pad_mode, self.pad_value = tuple(int(p) for p in pad), pad_mode, float(pad_value)
         self.crop, self.flip_p = crop, float(flip_p)
 
-    @property
-    def is_identity(self) -> bool:
-        return not any(self.pad) and self.crop is None and self.flip_p == 0
-
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(

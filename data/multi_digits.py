@@ -14,21 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from data.base import ClassificationDataModule, seeded_split
+from data.digits import upsampled_digits
 
 GRID = 2  # cells per canvas side
-
-
-def upsampled_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 8x8 digits resized to ``size`` x ``size``: float (N, size, size) in [0, 1]; labels."""
-    bunch = load_digits()
-    x = torch.from_numpy(bunch.images).float()[:, None] / 16.0  # (N, 1, 8, 8)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    return x[:, 0].numpy(), bunch.target.astype(np.int64)
 
 
 def make_canvases(
