@@ -74,8 +74,9 @@ class BatchAugment:
         crop: tuple[int, int] | None = None,  # (height, width); None keeps the padded size
         flip_p: float = 0.0,
     ) -> None:
-        self.mean = torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1)
+        # Normalisation of pixel values in [0, 255]: (x - shift) * scale, kept on the device of the last batch.
+        self.shift = torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1) * 255.0
+        self.scale = 1.0 / (torch.as_tensor(np.asarray(std, dtype=np.float32)).view(1, -1, 1, 1) * 255.0)
         if pad_mode not in BORDER_MODES.values():
             raise ValueError(f"pad_mode={pad_mode!r} must be one of {sorted(BORDER_MODES.values())}")
         self.pad, self.pad_mode, self.pad_value = tuple(int(p) for p in pad), pad_mode, float(pad_value)
@@ -86,15 +87,16 @@ class BatchAugment:
             raise ValueError(
                 f"BatchAugment expects uint8 images (B, C, H, W); got {images.dtype} {tuple(images.shape)}"
             )
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
         x = images.float()
         if any(self.pad):
-            # Pad in pixel units (constant fill is a pixel value), then normalise: both commute with crop/flip.
+            # Pad in pixel units: a constant fill is a pixel value.
             x = F.pad(x, self.pad, mode=self.pad_mode, value=self.pad_value if self.pad_mode == "constant" else None)
-        x = (x - mean * 255.0) / (std * 255.0)
-        if self.crop is None and self.flip_p == 0:
-            return x
-        return self._crop_flip(x, generator)
+        if self.crop is not None or self.flip_p > 0:
+            x = self._crop_flip(x, generator)
+        # Normalising commutes with crop and flip, so it runs last, on the (smaller) cropped batch, in place.
+        if self.shift.device != x.device:
+            self.shift, self.scale = self.shift.to(x.device), self.scale.to(x.device)
+        return x.sub_(self.shift).mul_(self.scale)
 
     def _crop_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         b, c, h, w = x.shape

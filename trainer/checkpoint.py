@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from trainer.build import build_net
+from trainer.faults import NonFiniteError, nonfinite_names
 
 # Import paths (prefixes) a stored config may instantiate: the project's model, data and training parts and
 # the libraries its configs use. Not trainer.run / trainer.results (file writing, subprocesses).
@@ -105,16 +106,10 @@ def fsync_dir(directory: Path) -> None:
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
     """The net's parameters and buffers (``net.*``) must be finite; metric states (a max starts at -inf) may not be."""
     state = checkpoint.get("state_dict", {})
-    tensors = {k: v for k, v in state.items() if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point()}
-    if not tensors:
-        return
-    # One host sync for all tensors (a NaN or inf makes a norm non-finite); names only when something is off.
-    if bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(list(tensors.values()))])).all()):
-        return
-    bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+    bad = nonfinite_names(
+        {k: v for k, v in state.items() if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point()}
+    )
     if bad:
-        from trainer.faults import NonFiniteError
-
         raise NonFiniteError(
             f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}"
             f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}. The previous checkpoint is kept. "

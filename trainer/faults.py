@@ -185,19 +185,23 @@ def check_loss(loss: Tensor, *, step: int, epoch: int, batch_idx: int, mode: str
     return False
 
 
-def nonfinite_gradients(net: nn.Module) -> list[str]:
-    """Names of parameters whose gradient holds a NaN or inf.
+def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
+    """Names of the tensors holding a NaN or inf.
 
-    One host sync per step whatever the number of parameters (a NaN or inf in a gradient makes its norm
-    non-finite); the per-parameter search runs only when something is off.
+    One host sync whatever the number of tensors (a NaN or inf makes a tensor's norm non-finite); the
+    per-tensor search runs only when something is off.
     """
-    named = [(name, p.grad) for name, p in net.named_parameters() if p.grad is not None]
     if not named:
         return []
-    norms = torch.stack([n.float() for n in torch._foreach_norm([g for _, g in named])])
+    norms = torch.stack([n.float() for n in torch._foreach_norm(list(named.values()))])
     if bool(torch.isfinite(norms).all()):
         return []
-    return [name for name, g in named if not torch.isfinite(g).all()]
+    return [name for name, t in named.items() if not torch.isfinite(t).all()]
+
+
+def nonfinite_gradients(net: nn.Module) -> list[str]:
+    """Names of parameters whose gradient holds a NaN or inf."""
+    return nonfinite_names({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
 
 
 def check_gradients(
