@@ -9,7 +9,6 @@ module to, say, ``os.system`` are refused too).
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from torch import nn
 
+from trainer.atomic import atomic_open
 from trainer.build import build_net
 from trainer.faults import NonFiniteError, nonfinite_names
 
@@ -74,33 +74,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         check_finite_weights(checkpoint, path)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Makes the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:

@@ -15,22 +15,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainer.atomic import atomic_open
 from trainer.extract_data import Plan
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # Not fsynced: progress.json is rewritten after every batch, and a lost update only repeats that batch.
+    with atomic_open(path, durable=False) as f:
+        f.write(text)
 
 
 def index_text(plan: Plan) -> str:

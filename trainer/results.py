@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from trainer.atomic import atomic_open
 
 PACKAGES = (
     "torch",
@@ -61,11 +62,6 @@ def to_plain(value: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> Path:
     """Atomic write: a reader never sees a half-written file (and a crash never leaves one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         json.dump(to_plain(obj), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path

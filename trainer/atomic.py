@@ -1,0 +1,48 @@
+"""Writing files so that a reader (or a resumed run) never sees a half-written one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
+    """Opens ``<path>.tmp`` in the same folder; on success renames it over ``path`` (atomic on POSIX and
+    Windows), on any failure removes it, so ``path`` is either the old file or the complete new one.
+
+    ``durable`` also fsyncs the file and the folder, so the new file survives a power cut; frequent small
+    progress records can skip that cost.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
