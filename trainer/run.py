@@ -40,6 +40,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule = build_datamodule(cfg.data, cfg.augment)
     net = build_net(cfg.model, compile=cfg.get("compile", False))
     finetune = instantiate(cfg.finetune) if cfg.get("finetune") else None
+    if finetune is not None and finetune.is_plain:
+        finetune = None  # nothing to freeze, one lr: two plain parameter groups, one callback fewer per hook
     module = build_module(cfg, net, finetune)
     history = History(output_dir=str(run_dir))
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
