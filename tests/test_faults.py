@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from trainer.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
-from trainer.faults import NonFiniteError
+from trainer.faults import NonFiniteError, check_update
 from trainer.run import train
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.
@@ -128,6 +128,40 @@ def test_nan_loss_skipped_and_counted(make_cfg, tmp_path):
         for k, v in weights(tmp_path / "run" / "checkpoints" / f"{path}.ckpt").items():
             if k.startswith("net."):
                 assert torch.isfinite(v).all(), k
+
+
+def net_with_grads(grad_w: float) -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+    net = torch.nn.Linear(2, 1)
+    net.weight.grad = torch.full_like(net.weight, grad_w)
+    net.bias.grad = torch.ones_like(net.bias)
+    return net, torch.optim.SGD(net.parameters(), lr=0.1)
+
+
+def test_update_check_names_the_parameter_with_non_finite_gradients():
+    net, opt = net_with_grads(float("inf"))
+    with pytest.raises(NonFiniteError, match=r"non-finite gradients at global step 5 in weight\. Lower"):
+        check_update(net, opt, losses=[(0, torch.tensor(1.0))], step=5, epoch=0, mode="error")
+
+
+def test_update_check_names_a_non_finite_loss_before_the_gradients_it_caused():
+    net, opt = net_with_grads(float("nan"))
+    losses = [(3, torch.tensor(0.5)), (4, torch.tensor(float("nan")))]
+    with pytest.raises(NonFiniteError, match=r"loss \(nan\) at global step 9 \(epoch 1, batch 4\)"):
+        check_update(net, opt, losses=losses, step=9, epoch=1, mode="error")
+
+
+def test_update_check_skip_clears_the_gradients_and_passes_finite_updates():
+    net, opt = net_with_grads(1.0)
+    assert check_update(net, opt, losses=[(0, torch.tensor(2.0))], step=0, epoch=0, mode="skip")
+    assert net.weight.grad is not None
+    net.weight.grad[0, 0] = float("nan")
+    assert not check_update(net, opt, losses=[(1, torch.tensor(2.0))], step=1, epoch=0, mode="skip")
+    assert net.weight.grad is None and net.bias.grad is None
+    # Without a net (fp16: the grad scaler handles gradients) only the losses are checked, and nothing cleared.
+    net, opt = net_with_grads(float("nan"))
+    assert check_update(None, opt, losses=[(0, torch.tensor(1.0))], step=0, epoch=0, mode="error")
+    assert not check_update(None, opt, losses=[(0, torch.tensor(float("inf")))], step=0, epoch=0, mode="skip")
+    assert net.weight.grad is not None
 
 
 def write_image_folder(root: Path, *, per_class: int = 6, size: int = 16) -> list[Path]:

@@ -7,8 +7,8 @@
 - ``ResumeState``: the torch, numpy and Python generators are part of every checkpoint, so a resumed run draws
   the same dropout masks and augmentations as an uninterrupted one; and the training loader's position
   (data/resumable.py) is put back even when Lightning built the loader before restoring the checkpoint.
-- ``check_loss`` / ``check_gradients``: called by the LightningModule before backward and before the
-  optimizer step; ``error`` stops the run naming the step, ``skip`` drops the update and counts it.
+- ``check_update``: called by the LightningModule before each optimizer step, one host sync for the loss
+  and all gradients; ``error`` stops the run naming the step, ``skip`` drops the update and counts it.
 """
 
 from __future__ import annotations
@@ -171,20 +171,6 @@ def check_nonfinite_mode(mode: str) -> str:
     return mode
 
 
-def check_loss(loss: Tensor, *, step: int, epoch: int, batch_idx: int, mode: str) -> bool:
-    """True when the loss is finite; raises (``error``) or returns False (``skip``) otherwise."""
-    if bool(torch.isfinite(loss).all()):
-        return True
-    where = f"global step {step} (epoch {epoch}, batch {batch_idx})"
-    if mode == "error":
-        raise NonFiniteError(
-            f"non-finite training loss ({loss.item()}) at {where}. Lower optimizer.lr, check the input data, or "
-            f"set module.nonfinite=skip to drop such batches (counted as train/skipped_nonfinite)."
-        )
-    log.warning("non-finite loss (%s) at %s: skipping the update", loss.item(), where)
-    return False
-
-
 def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
     """Names of the tensors holding a NaN or inf.
 
@@ -199,27 +185,44 @@ def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
     return [name for name, t in named.items() if not torch.isfinite(t).all()]
 
 
-def nonfinite_gradients(net: nn.Module) -> list[str]:
-    """Names of parameters whose gradient holds a NaN or inf."""
-    return nonfinite_names({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
-
-
-def check_gradients(
-    module: nn.Module, optimizer: torch.optim.Optimizer, *, step: int, mode: str, skip: bool = False
+def check_update(
+    net: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    *,
+    losses: list[tuple[int, Tensor]],
+    step: int,
+    epoch: int,
+    mode: str,
 ) -> bool:
-    """True when the update may go ahead. Otherwise (non-finite gradients, or ``skip`` already decided from
-    the loss) raises (``error``) or clears the gradients so that the optimizer leaves the weights alone."""
-    bad = nonfinite_gradients(module)
-    if not bad and not skip:
+    """True when the optimizer step may go ahead: the losses behind it (``(batch_idx, loss)`` of each batch
+    accumulated into this update) and all gradients are finite.
+
+    Called once per optimizer step, just before it, so the whole check costs one host sync (a GPU run used
+    to pay two: the loss before backward, the gradients before the step). A non-finite loss is named before
+    non-finite gradients, since it is the cause. Otherwise ``error`` raises, and ``skip`` clears the
+    gradients so that the optimizer leaves the weights alone (the skipped batch still ran backward, so DDP
+    processes stay in step).
+    """
+    named = {f"loss of batch {i}": loss for i, loss in losses}
+    if net is not None:  # None: gradients are someone else's job (fp16's grad scaler)
+        named.update({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
+    bad = nonfinite_names(named)
+    if not bad:
         return True
-    if bad and mode == "error":
+    bad_losses = [(i, loss) for i, loss in losses if not torch.isfinite(loss).all()]
+    if bad_losses:
+        i, loss = bad_losses[0]
+        what = f"non-finite training loss ({loss.item()}) at global step {step} (epoch {epoch}, batch {i})"
+        fix = "Lower optimizer.lr, check the input data, or set module.nonfinite=skip to drop such batches"
+    else:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise NonFiniteError(
-            f"non-finite gradients at global step {step} in {shown}. Lower optimizer.lr, set "
-            f"trainer.gradient_clip_val, or set module.nonfinite=skip to drop such updates."
-        )
-    if bad:
-        log.warning("non-finite gradients at global step %d (%s): skipping the update", step, bad[0])
+        what = f"non-finite gradients at global step {step} in {shown}"
+        fix = "Lower optimizer.lr, set trainer.gradient_clip_val, or set module.nonfinite=skip to drop such updates"
+    if mode == "error":
+        raise NonFiniteError(f"{what}. {fix} (counted as train/skipped_nonfinite).")
+    log.warning("%s: skipping the update", what)
+    if net is None:
+        return False
     # Parameters without a gradient are left untouched by torch optimizers (no decay, no momentum).
     for group in optimizer.param_groups:
         for p in group["params"]:

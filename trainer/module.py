@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from trainer.faults import check_gradients, check_loss, check_nonfinite_mode
+from trainer.faults import check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, param_groups
 
 
@@ -60,7 +60,9 @@ class ClassificationModule(pl.LightningModule):
                 for k in self.top_k
             }
         )
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # Only finite losses reach train_loss (check_update): no NaN check (a host sync per step on a GPU).
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.train_loss.persistent(True)  # a mid-epoch checkpoint keeps the epoch's running mean
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps the best so far
@@ -68,7 +70,7 @@ class ClassificationModule(pl.LightningModule):
         self.test_confusion: Tensor | None = None  # (num_classes, num_classes) counts, rows: true class
         self.skipped = 0  # unreadable samples dropped by the loader during training
         self.skipped_nonfinite = 0  # updates dropped for a non-finite loss or gradient (nonfinite=skip)
-        self._skip_update = False
+        self._pending_losses: list[tuple[int, Tensor, int]] = []  # (batch_idx, loss, batch size) until the step
         self._test_views: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
@@ -87,25 +89,32 @@ class ClassificationModule(pl.LightningModule):
         if self.mixer is not None:
             x, y = self.mixer(x, y)
         loss = self.loss(self(x, batch.get("boxes")), y)
-        if not check_loss(
-            loss, step=self.global_step, epoch=self.current_epoch, batch_idx=batch_idx, mode=self.nonfinite
-        ):
-            # Backward still runs (DDP processes stay in step); the update is dropped before the optimizer.
-            self._skip_update = True
-            return loss
+        # Checked with the gradients just before the optimizer step (one host sync per step, none here).
+        self._pending_losses.append((batch_idx, loss.detach(), len(x)))
         # self.log costs about a millisecond per call: the epoch mean accumulates on the device, and the step
         # value (the progress bar's) is logged only as often as the loggers write (trainer.log_every_n_steps).
-        self.train_loss.update(loss.detach(), weight=len(x))
         if self.global_step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        skip, self._skip_update = self._skip_update, False
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return  # fp16: the grad scaler itself skips steps with inf/nan gradients and lowers its scale
-        if not check_gradients(self.net, optimizer, step=self.global_step, mode=self.nonfinite, skip=skip):
+        pending, self._pending_losses = self._pending_losses, []
+        # fp16: the grad scaler itself skips steps with inf/nan gradients (and lowers its scale), so only the
+        # losses are checked; a batch with a non-finite loss has non-finite gradients for the scaler to skip.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        ok = check_update(
+            None if scaled else self.net,
+            optimizer,
+            losses=[(i, loss) for i, loss, _ in pending],
+            step=self.global_step,
+            epoch=self.current_epoch,
+            mode=self.nonfinite,
+        )
+        if not ok:
             self.skipped_nonfinite += 1
+            return
+        for _, loss, n in pending:
+            self.train_loss.update(loss, weight=n)
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         # At the epoch's last batch rather than in on_train_epoch_end: callbacks' epoch-end hooks (History)
@@ -213,6 +222,7 @@ class ClassificationModule(pl.LightningModule):
                 (("net." + n, p) for n, p in self.net.named_parameters()),
                 skip={"net." + n for n in skip},
                 weight_decay=weight_decay,
+                group="net",  # one lr: one lr/net column in metrics.csv for the decayed and undecayed halves
             )
         optimizer = partial(groups)
         if self.scheduler_factory is None:
