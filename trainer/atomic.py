@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,25 @@ def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> I
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """Makes ``path`` a hard link to ``source`` (a copy where the file system has no hard links), replacing
+    any old ``path`` atomically. Writers that replace files by renames (``atomic_open``) give the other name
+    a new file, so the two never change together."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -10,16 +10,18 @@ module to, say, ``os.system`` are refused too).
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from hydra.utils import get_object
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 from torch import nn
 
-from trainer.atomic import atomic_open
+from trainer.atomic import atomic_link, atomic_open
 from trainer.build import build_net
 from trainer.faults import NonFiniteError, nonfinite_names
 
@@ -76,6 +78,61 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         check_finite_weights(checkpoint, path)
         with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
+
+
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint with a ``last.ckpt`` that is never more than ``last_every_s`` behind.
+
+    Lightning (2.6) rewrites ``last.ckpt`` only at steps where it also wrote a top-k checkpoint: once the
+    monitored metric stops improving, ``last.ckpt`` falls behind and a resume from it repeats those epochs,
+    and at the end of fitting it may not hold the final weights. Here, at every save point (each epoch end
+    by default):
+
+    - the best checkpoint was just written: ``last.ckpt`` becomes a hard link to it (the same state, no second
+      serialisation; a copy where hard links are impossible);
+    - otherwise ``last.ckpt`` is written if ``last_every_s`` seconds passed since it last was (0: always).
+
+    At the end of fitting it is always brought up to date; SIGTERM/SIGUSR1 write it too (trainer.faults).
+    So a crash that kills the process outright (out of memory, power loss) loses at most ``last_every_s``
+    seconds of training, and small models with sub-second epochs do not spend their time serialising.
+    """
+
+    def __init__(self, *args: Any, last_every_s: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_s < 0:
+            raise ValueError(f"callbacks.model_checkpoint.last_every_s={last_every_s} must be >= 0 (0: every epoch)")
+        self.last_every_s = float(last_every_s)
+        self._last_written_step: int | None = None
+        self._last_written_time = time.monotonic()
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self._save_last_checkpoint(trainer, monitor_candidates, when_due=True)
+
+    def _save_last_checkpoint(
+        self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor], *, when_due: bool = False
+    ) -> None:
+        if not self.save_last or self._last_written_step == trainer.global_step:
+            return  # up to date (Lightning asks again right after _save_topk_checkpoint)
+        source = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
+        path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if source and self.save_last is True and "://" not in path and not self._enable_version_counter:
+            self.last_model_path = path
+            if trainer.is_global_zero:
+                atomic_link(source, path)
+            trainer.strategy.barrier()
+        else:
+            # Rank 0's clock decides, so that every process takes part in the same saves.
+            due = time.monotonic() - self._last_written_time >= self.last_every_s
+            if when_due and not trainer.strategy.broadcast(due):
+                return
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+            self._last_written_time = time.monotonic()
+        self._last_written_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
