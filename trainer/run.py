@@ -58,7 +58,8 @@ def train(cfg: DictConfig) -> float | None:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
 
     results = {
-        **{k: v for k, v in fit_metrics.items() if k.startswith(("val/", "data/", "train/skipped"))},
+        **{k: v for k, v in fit_metrics.items() if k.startswith("val/")},
+        **module.fit_totals,
         **test_metrics,
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
