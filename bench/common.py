@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import pytorch_lightning as pl
 import torch
 
 
@@ -69,6 +70,22 @@ def step_time(
             step()
 
     return median_time(run, device, repeats=repeats, warmup=0) / steps
+
+
+class LoopTimer(pl.Callback):
+    """Seconds from ``on_train_start`` to ``on_train_end`` (the training loop with its validations and
+    saves); the latest instance's figure is ``LoopTimer.seconds``. It lives here, not in a script, so that
+    a config's ``_target_: bench.common.LoopTimer`` and the script see the same class."""
+
+    seconds = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(pl_module.device)
+        self.start = time.perf_counter()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sync(pl_module.device)
+        LoopTimer.seconds = time.perf_counter() - self.start
 
 
 def machine(device: torch.device | str) -> str:
