@@ -164,3 +164,30 @@ def test_compiled_net_trains_like_eager(make_cfg):
     torch.testing.assert_close(compiled(x), eager(x), atol=1e-4, rtol=1e-4)
     for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_mixed_precision_follows_the_hardware(monkeypatch):
+    from trainer import resolvers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(resolvers, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert resolvers.mixed_precision("cpu") == resolvers.mixed_precision("auto") == "bf16-mixed"
+    monkeypatch.setattr(resolvers, "cpu_flags", lambda: {"avx2", "avx512f"})  # bf16 would be emulated: slower
+    assert resolvers.mixed_precision("auto") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, precision in [((7, 0), "16-mixed"), ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda c=capability: c)
+        assert resolvers.mixed_precision("auto") == resolvers.mixed_precision("gpu") == precision
+    assert resolvers.mixed_precision("cpu") == "32-true"
+    with pytest.raises(ValueError, match="unknown accelerator 'tpu'"):
+        resolvers.mixed_precision("tpu")
+
+
+def test_cpu_flags_reads_this_machine():
+    from trainer.resolvers import cpu_flags
+
+    flags = cpu_flags()
+    if Path("/proc/cpuinfo").exists() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        assert "avx2" in flags  # what torch detected, /proc/cpuinfo lists
+    else:
+        assert isinstance(flags, set)
