@@ -191,3 +191,10 @@ def test_cpu_flags_reads_this_machine():
         assert "avx2" in flags  # what torch detected, /proc/cpuinfo lists
     else:
         assert isinstance(flags, set)
+
+
+def test_mixed_precision_from_the_command_line(make_cfg):
+    from trainer.resolvers import mixed_precision
+
+    cfg = make_cfg("trainer.precision='${visfeat.mixed_precision:${trainer.accelerator}}'")
+    assert cfg.trainer.precision == mixed_precision("cpu")

@@ -14,8 +14,9 @@ Registered on import (the entry scripts import this module before Hydra composes
   it so that only rank 0 writes ``.hydra/`` and the log file.
 - ``${visfeat.direction:${optimized_metric}}``: ``maximize`` or ``minimize`` for the Optuna sweeper.
 - ``${visfeat.mixed_precision:${trainer.accelerator}}``: the fastest precision for ResNet-class nets on the
-  machine the run starts on (see ``mixed_precision``); recipes whose nets gain from it set
-  ``trainer.precision`` to it, the small default recipe keeps fp32 (bench/speed.py, docs/performance.md).
+  machine the run starts on (see ``mixed_precision``), e.g.
+  ``trainer.precision='${visfeat.mixed_precision:${trainer.accelerator}}'``. Not a default: it trains
+  faster but cost accuracy in the measurement of docs/performance.md.
 """
 
 from __future__ import annotations
