@@ -11,22 +11,16 @@ from typing import IO
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
-    """Opens ``<path>.tmp`` in the same folder; on success renames it over ``path`` (atomic on POSIX and
-    Windows), on any failure removes it, so ``path`` is either the old file or the complete new one.
-
-    ``durable`` also fsyncs the file and the folder, so the new file survives a power cut; frequent small
-    progress records can skip that cost.
-    """
+def replacing(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yields ``<path>.tmp`` in the same folder to be filled; on success renames it over ``path`` (atomic on
+    POSIX and Windows), on any failure removes it, so ``path`` is either the old file or the complete new one.
+    ``durable`` also fsyncs the folder, so that the rename survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # left by a killed writer
     try:
-        with open(tmp, mode) as f:
-            yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -35,23 +29,29 @@ def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> I
         fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
+    """``open`` for writing through ``replacing``: a reader never sees a half-written ``path``.
+
+    ``durable`` also fsyncs the file and the folder, so the new file survives a power cut; frequent small
+    progress records can skip that cost.
+    """
+    with replacing(path, durable=durable) as tmp, open(tmp, mode) as f:
+        yield f
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def atomic_link(source: str | Path, path: str | Path) -> None:
     """Makes ``path`` a hard link to ``source`` (a copy where the file system has no hard links), replacing
     any old ``path`` atomically. Writers that replace files by renames (``atomic_open``) give the other name
     a new file, so the two never change together."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
+    with replacing(path) as tmp:
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
