@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from trainer.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
-from trainer.faults import NonFiniteError, check_update
+from trainer.faults import NonFiniteError, all_finite, check_update
 from trainer.run import train
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.
@@ -162,6 +162,14 @@ def test_update_check_skip_clears_the_gradients_and_passes_finite_updates():
     assert check_update(None, opt, losses=[(0, torch.tensor(1.0))], step=0, epoch=0, mode="error")
     assert not check_update(None, opt, losses=[(0, torch.tensor(float("inf")))], step=0, epoch=0, mode="skip")
     assert net.weight.grad is not None
+
+
+def test_all_finite_over_mixed_dtypes_and_each_kind_of_bad_value():
+    grads = [torch.ones(3, dtype=torch.bfloat16), torch.ones(2, 2)]
+    assert all_finite([torch.tensor(0.5), *grads]) and all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        assert not all_finite([torch.tensor(0.5), grads[0], torch.tensor([1.0, bad])])
+        assert not all_finite([torch.tensor(0.5), torch.tensor([1.0, bad], dtype=torch.bfloat16), grads[1]])
 
 
 def write_image_folder(root: Path, *, per_class: int = 6, size: int = 16) -> list[Path]:

@@ -171,16 +171,20 @@ def check_nonfinite_mode(mode: str) -> str:
     return mode
 
 
-def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
-    """Names of the tensors holding a NaN or inf.
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every tensor is free of NaN and inf, in one host sync whatever their number (a NaN or inf
+    makes a tensor's norm non-finite)."""
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors)
+    if len({n.dtype for n in norms}) > 1:  # e.g. bf16 gradients with an fp32 loss
+        norms = [n.float() for n in norms]
+    return bool(torch.stack(norms).isfinite().all())
 
-    One host sync whatever the number of tensors (a NaN or inf makes a tensor's norm non-finite); the
-    per-tensor search runs only when something is off.
-    """
-    if not named:
-        return []
-    norms = torch.stack([n.float() for n in torch._foreach_norm(list(named.values()))])
-    if bool(torch.isfinite(norms).all()):
+
+def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
+    """Names of the tensors holding a NaN or inf; the per-tensor search runs only when something is off."""
+    if all_finite(list(named.values())):
         return []
     return [name for name, t in named.items() if not torch.isfinite(t).all()]
 
@@ -198,23 +202,24 @@ def check_update(
     accumulated into this update) and all gradients are finite.
 
     Called once per optimizer step, just before it, so the whole check costs one host sync (a GPU run used
-    to pay two: the loss before backward, the gradients before the step). A non-finite loss is named before
-    non-finite gradients, since it is the cause. Otherwise ``error`` raises, and ``skip`` clears the
-    gradients so that the optimizer leaves the weights alone (the skipped batch still ran backward, so DDP
-    processes stay in step).
+    to pay two: the loss before backward, the gradients before the step); names are looked up only when
+    something is off. A non-finite loss is named before non-finite gradients, since it is the cause.
+    Otherwise ``error`` raises, and ``skip`` clears the gradients so that the optimizer leaves the weights
+    alone (the skipped batch still ran backward, so DDP processes stay in step).
     """
-    named = {f"loss of batch {i}": loss for i, loss in losses}
+    tensors = [loss for _, loss in losses]
     if net is not None:  # None: gradients are someone else's job (fp16's grad scaler)
-        named.update({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
-    bad = nonfinite_names(named)
-    if not bad:
+        tensors += [p.grad for p in net.parameters() if p.grad is not None]
+    if all_finite(tensors):
         return True
     bad_losses = [(i, loss) for i, loss in losses if not torch.isfinite(loss).all()]
     if bad_losses:
         i, loss = bad_losses[0]
         what = f"non-finite training loss ({loss.item()}) at global step {step} (epoch {epoch}, batch {i})"
         fix = "Lower optimizer.lr, check the input data, or set module.nonfinite=skip to drop such batches"
-    else:
+    else:  # the losses are finite, so a gradient is not (and the net was given)
+        grads = {name: p.grad for name, p in net.named_parameters() if p.grad is not None}
+        bad = nonfinite_names(grads)
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         what = f"non-finite gradients at global step {step} in {shown}"
         fix = "Lower optimizer.lr, set trainer.gradient_clip_val, or set module.nonfinite=skip to drop such updates"
