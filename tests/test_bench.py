@@ -1,0 +1,86 @@
+"""Every bench script runs and prints the figure the README quotes, at the smallest settings.
+
+The figures themselves are only meaningful at the scripts' defaults (docs/performance.md); these runs keep
+the commands working. They run in this process (the imports are paid once), as ``python -m bench.<name>``.
+"""
+
+from __future__ import annotations
+
+import re
+import runpy
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+NUMBER = r"\d[\d,]*(?:\.\d+)?"
+
+
+def run_bench(name: str, args: list[str], monkeypatch, capsys) -> str:
+    monkeypatch.setattr(sys, "argv", [f"bench/{name}.py", *args])
+    try:
+        runpy.run_module(f"bench.{name}", run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    return capsys.readouterr().out
+
+
+def test_overhead_prints_three_sides_and_the_ratio(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)  # train() writes nothing outside its run dir; this makes sure of it
+    out = run_bench("overhead", ["--epochs", "1", "--repeats", "1", "--batch-size", "256"], monkeypatch, capsys)
+    # digits: 1257 training images (70 %) in full batches of 256, one epoch, the same on every side.
+    assert "1 epochs = 4 optimizer steps" in out
+    for side in ("ours", "lightning", "hand"):
+        assert re.search(rf"^\|\s+{side} \|( +{NUMBER} \|){{5}}$", out, re.M), side
+    assert re.search(rf"^ours/hand per repeat \[{NUMBER}\], median {NUMBER}$", out, re.M)
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"ratio=\d+\.\d{3}", last) and float(last.split("=")[1]) > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_speed_prints_images_per_second_per_variant(monkeypatch, capsys):
+    args = ["--workloads", "lenet", "--variants", "default", "channels_last", "--steps", "1", "--repeats", "1"]
+    out = run_bench("speed", [*args, "--batch-size", "8"], monkeypatch, capsys)
+    assert re.search(rf"\|\s+lenet \|\s+default \| {NUMBER} images/s \|.*\|\s+1.00x \|", out)
+    assert re.search(rf"\|\s+lenet \| channels_last \| {NUMBER} images/s \|.*\|\s+{NUMBER}x \|", out)
+
+
+def test_loading_compares_the_per_sample_and_in_memory_paths(monkeypatch, capsys):
+    out = run_bench("loading", ["--batches", "2", "--repeats", "1", "--workers", "0"], monkeypatch, capsys)
+    for source in ("digits", "cifar10-sized"):
+        assert re.search(rf"{source} \| per-sample albumentations, 0 workers \|\s+{NUMBER} \|.*\|\s+1.0x \|", out)
+        assert re.search(rf"{source} \|\s+in-memory, batch augment on device \|\s+{NUMBER} \|", out)
+
+
+def test_scaling_prints_one_row_per_setting(monkeypatch, capsys):
+    args = ["--batch-sizes", "4", "8", "--sizes", "16", "--frames", "2", "--clip-batch", "2", "--steps", "1"]
+    out = run_bench("scaling", [*args, "--repeats", "1"], monkeypatch, capsys)
+    for shape in ("4x3x32x32", "8x3x32x32", "128x3x16x16", "2x3x2x32x32"):
+        assert re.search(rf"\|\s+{shape} \|\s+{NUMBER} \|", out), shape
+
+
+def test_augment_compares_the_pipelines_and_the_loader(monkeypatch, capsys):
+    args = ["--images", "4", "--steps", "2", "--workers", "0", "--repeats", "1", "--batch-size", "8"]
+    out = run_bench("augment", args, monkeypatch, capsys)
+    for preset in ("cifar", "cifar_strong", "imagenet"):
+        assert re.search(rf"\|\s+{preset} \|\s+\d+ -> \d+ \|\s+{NUMBER} \|\s+{NUMBER} \|", out), preset
+    assert re.search(rf"^\|\s+0 \|\s+{NUMBER} \|\s+{NUMBER} \|", out, re.M)
+
+
+def test_video_decode_compares_seeking_with_decoding_everything(monkeypatch, capsys):
+    out = run_bench("video_decode", ["--seconds", "1", "--clips", "2", "--gop", "30"], monkeypatch, capsys)
+    assert re.search(rf"^\s+30\s+{NUMBER}/s\s+{NUMBER}/s\s+{NUMBER}/s\s+{NUMBER}x$", out, re.M)
+
+
+@pytest.mark.slow
+def test_nonlocal_compares_the_two_implementations(monkeypatch, capsys):
+    out = run_bench("nonlocal", ["--sizes", "4", "8", "--repeat", "1", "--channels", "8"], monkeypatch, capsys)
+    for impl in ("block", "reference"):
+        assert re.search(rf"growth exponent \(\s*{impl}\): time ~ N\^-?{NUMBER}, memory ~ N\^-?{NUMBER}", out), impl
+
+
+@pytest.mark.slow
+def test_transfer_digits_prints_both_accuracies(monkeypatch, capsys, tmp_path):
+    args = ["--seeds", "1", "--pretrain-epochs", "1", "--epochs", "1", "--out", str(tmp_path)]
+    out = run_bench("transfer_digits", args, monkeypatch, capsys)
+    assert re.fullmatch(r"finetune_acc=0\.\d{4} scratch_acc=0\.\d{4}", out.strip().splitlines()[-1])
