@@ -6,6 +6,8 @@ Speed itself is measured by bench/*.py, never here.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import albumentations as A
@@ -20,6 +22,7 @@ from data.transforms import Pipeline
 from trainer.build import build_net
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.3, 0.4]
+NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"
 
 
 def images(n: int = 6, size: int = 12, seed: int = 0) -> np.ndarray:
@@ -198,3 +201,16 @@ def test_mixed_precision_from_the_command_line(make_cfg):
 
     cfg = make_cfg("trainer.precision='${visfeat.mixed_precision:${trainer.accelerator}}'")
     assert cfg.trainer.precision == mixed_precision("cpu")
+
+
+def test_simple_profiler_reports_the_time_of_each_hook(make_cfg, caplog):
+    from trainer.run import train
+
+    caplog.set_level(logging.INFO)
+    train(make_cfg("trainer.profiler=simple", "test=false"))
+    # One row per hook: mean seconds, calls (4 training batches: 4 optimizer steps), total seconds.
+    row = rf"\|\s+{{}}\s+\|\s+{NUMBER}\s+\|\s+{{}}\s+\|\s+{NUMBER}\s+\|"
+    assert re.search(
+        row.format(re.escape("[LightningModule]ClassificationModule.on_before_optimizer_step"), 4), caplog.text
+    )
+    assert re.search(row.format(re.escape("[Callback]History.on_train_epoch_end"), 1), caplog.text)
