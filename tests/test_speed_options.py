@@ -214,3 +214,39 @@ def test_simple_profiler_reports_the_time_of_each_hook(make_cfg, caplog):
         row.format(re.escape("[LightningModule]ClassificationModule.on_before_optimizer_step"), 4), caplog.text
     )
     assert re.search(row.format(re.escape("[Callback]History.on_train_epoch_end"), 1), caplog.text)
+
+
+def test_bf16_conv3d_probe_tells_what_a_video_resnet_layer_gets():
+    """The probe's verdict matches a temporal convolution of R(2+1)D's layer3 over 2 frames under autocast, on
+    whatever CPU runs this (on the AMD EPYC of docs/performance.md: both wrong)."""
+    from trainer.checks import cpu_bf16_conv3d_grads_ok
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(64, 64, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    x, grad_out = torch.randn(4, 64, 2, 4, 4), torch.randn(4, 64, 2, 4, 4)
+    conv(x).backward(grad_out)
+    reference, conv.weight.grad = conv.weight.grad.clone(), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    out.backward(grad_out.bfloat16())
+    error = ((conv.weight.grad - reference).abs().max() / reference.abs().max()).item()
+    assert cpu_bf16_conv3d_grads_ok() == (error < 0.05), error
+
+
+def test_bf16_with_3d_convolutions_fails_before_training_where_the_cpu_gets_them_wrong(make_cfg, monkeypatch, tmp_path):
+    from trainer import checks
+    from trainer.run import build_trainer, train
+
+    monkeypatch.setattr(checks, "cpu_bf16_conv3d_grads_ok", lambda: False)
+    video = [f"paths.data_dir={tmp_path / 'data'}", "data=synthetic_video", "data.train_per_class=2"]
+    video += ["data.val_per_class=1", "data.test_per_class=1"]
+    cfg = make_cfg(*video, "model=r3d", "trainer.precision=bf16-mixed")
+    with pytest.raises(
+        checks.ConfigError, match=r"trainer.precision=bf16-mixed on this CPU.*trainer.precision=32-true"
+    ):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    # Nets without 3D convolutions, and fp32, are not affected.
+    for overrides in (["model=cnn_lstm", "trainer.precision=bf16-mixed"], ["model=r3d", "trainer.precision=32-true"]):
+        cfg = make_cfg(*video, *overrides)
+        checks.check_precision(build_net(cfg.model), build_trainer(cfg))

@@ -20,7 +20,7 @@ from data.base import ClassificationDataModule
 from trainer.build import build_net
 from trainer.callbacks import History
 from trainer.checkpoint import load_checkpoint, net_from_checkpoint, stored_config
-from trainer.checks import check_config
+from trainer.checks import check_config, check_precision
 from trainer.distributed import end_processes
 from trainer.faults import ResumeState, SaveOnSignal
 from trainer.finetune import FineTune
@@ -46,6 +46,7 @@ def train(cfg: DictConfig) -> float | None:
     history = History(output_dir=str(run_dir))
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
     trainer = build_trainer(cfg, extra_callbacks=[history, *faults, *([finetune] if finetune else [])])
+    check_precision(net, trainer)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
