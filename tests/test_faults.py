@@ -167,6 +167,9 @@ def test_update_check_skip_clears_the_gradients_and_passes_finite_updates():
 def test_all_finite_over_mixed_dtypes_and_each_kind_of_bad_value():
     grads = [torch.ones(3, dtype=torch.bfloat16), torch.ones(2, 2)]
     assert all_finite([torch.tensor(0.5), *grads]) and all_finite([])
+    assert all_finite([torch.full((1000,), 3e38)])  # finite, though its L2 norm overflows
+    net, opt = net_with_grads(3e38)
+    assert check_update(net, opt, losses=[(0, torch.tensor(1.0))], step=0, epoch=0, mode="error")
     for bad in (float("nan"), float("inf"), float("-inf")):
         assert not all_finite([torch.tensor(0.5), grads[0], torch.tensor([1.0, bad])])
         assert not all_finite([torch.tensor(0.5), torch.tensor([1.0, bad], dtype=torch.bfloat16), grads[1]])

@@ -172,18 +172,19 @@ def check_nonfinite_mode(mode: str) -> str:
 
 
 def all_finite(tensors: list[Tensor]) -> bool:
-    """Whether every tensor is free of NaN and inf, in one host sync whatever their number (a NaN or inf
-    makes a tensor's norm non-finite)."""
+    """Whether every tensor is free of NaN and inf, in one host sync whatever their number: a NaN or inf makes
+    a tensor's L2 norm non-finite. Only then is each tensor searched, since a norm also overflows for large
+    finite values. (The max-abs norm, exact at once, is 6x slower on CPU: 16 ms for ResNet-18's gradients.)"""
     if not tensors:
         return True
     norms = torch._foreach_norm(tensors)
     if len({n.dtype for n in norms}) > 1:  # e.g. bf16 gradients with an fp32 loss
         norms = [n.float() for n in norms]
-    return bool(torch.stack(norms).isfinite().all())
+    return bool(torch.stack(norms).isfinite().all()) or all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def nonfinite_names(named: dict[str, Tensor]) -> list[str]:
-    """Names of the tensors holding a NaN or inf; the per-tensor search runs only when something is off."""
+    """Names of the tensors holding a NaN or inf; the per-tensor search runs only when a norm is off."""
     if all_finite(list(named.values())):
         return []
     return [name for name, t in named.items() if not torch.isfinite(t).all()]
