@@ -14,21 +14,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("VISFEAT_ROOT", str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from torchvision.transforms import v2
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
-
-import trainer.resolvers  # noqa: E402,F401  (${visfeat.*} in conf/hydra)
-from bench.common import add_common_args, machine, median_time, setup_device, step_time, table  # noqa: E402
+import runs.resolvers  # noqa: F401  (${visfeat.*} in conf/hydra)
+from bench.common import add_common_args, machine, median_time, setup_device, step_time, table
 
 ROOT = Path(__file__).resolve().parent.parent
 MEAN, STD = [0.2, 0.2, 0.2], [0.35, 0.35, 0.35]  # conf/data/digits.yaml

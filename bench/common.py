@@ -133,7 +133,7 @@ def train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: 
 
 def net_from_config(*overrides: str, run_dir, compile: bool = False) -> torch.nn.Module:
     """The net ``python train.py <overrides>`` would build (10 classes unless the data config says otherwise)."""
-    from tests.conftest import compose_config
+    from runs.compose import compose_config
     from trainer.build import build_net
 
     cfg = compose_config(*overrides, output_dir=run_dir)

@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from bench.common import add_common_args, machine, median_time, setup_device, table
 from data.base import ArrayDataset, ClassificationDataModule
 from data.in_memory import augment_batch
-from tests.conftest import compose_config
+from runs.compose import compose_config
 
 
 class ArraysDataModule(ClassificationDataModule):

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import machine, table
-from tests.conftest import compose_config
+from runs.compose import compose_config
 from trainer.run import train
 
 QUIET = ["~callbacks.progress_bar", "~callbacks.lr_monitor", "+trainer.enable_progress_bar=false"]

@@ -1,7 +1,7 @@
 """Backbones: feature extractors that expose their stages by name.
 
 Every backbone here is a ``StagedBackbone``: a stem followed by named stages, each a sequence of blocks.
-``forward_stages`` returns the feature maps of the stages asked for, ``forward_features`` the pooled
+``forward_stages`` returns the feature maps of the stages asked for, ``forward_pooled`` the pooled
 embedding of the last stage. Extra modules can be run after any block (``insert_after``) without
 changing the state_dict keys of the wrapped network, so pretrained weights still load.
 """
@@ -79,12 +79,12 @@ class StagedBackbone(nn.Module):
         """Global average pool of a stage map: ``(B, C, *spatial) -> (B, C)``."""
         return fmap.flatten(2).mean(-1)
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_pooled(self, x: Tensor) -> Tensor:
         last = self.stage_names[-1]
         return self.pool(self.forward_stages(x, [last])[last])  # (B, num_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)
+        return self.forward_pooled(x)
 
 
 class LeNet(StagedBackbone):
@@ -111,10 +111,10 @@ class LeNet(StagedBackbone):
     def num_features(self) -> int:
         return 84
 
-    def pool(self, fmap: Tensor) -> Tensor:
-        if fmap.shape[1] == 16:  # the last stage: the classic fully connected "pooling"
-            return self.fc(F.adaptive_avg_pool2d(fmap, 5))  # (B, 84)
-        return super().pool(fmap)
+    def forward_pooled(self, x: Tensor) -> Tensor:
+        # The classic fully connected layers after the last stage take the place of global pooling.
+        fmap = self.forward_stages(x, ["conv2"])["conv2"]  # (B, 16, h, w)
+        return self.fc(F.adaptive_avg_pool2d(fmap, 5))  # (B, 84)
 
 
 _RESNETS = {18: tvm.resnet18, 34: tvm.resnet34, 50: tvm.resnet50, 101: tvm.resnet101, 152: tvm.resnet152}

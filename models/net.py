@@ -1,6 +1,6 @@
 """``Net``: backbone -> [fusion | ROI pooling] -> [temporal module over frames] -> head.
 
-Flow of ``forward_features`` for the input kinds the framework meets:
+Flow of ``embed`` for the input kinds the framework meets:
 
     images (B, C, H, W)                    -> backbone -> pool -> (B, D)
     clips  (B, C, T, H, W), 3D backbone    -> backbone -> pool -> (B, D)
@@ -77,9 +77,9 @@ class Net(nn.Module):
             return self.roi(self._feature_map(x), boxes, image_size=tuple(x.shape[-2:]))
         if self.fusion is not None:
             return self.fusion.pool(self._feature_map(x))
-        return self.backbone.forward_features(x)
+        return self.backbone.forward_pooled(x)
 
-    def forward_features(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
+    def embed(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
         folds_frames = input.ndim == 5 and not self.backbone.is_3d
         if not folds_frames:
             if self.temporal is not None:
@@ -105,7 +105,7 @@ class Net(nn.Module):
         if not (input.ndim == 5 and not self.backbone.is_3d):
             fmap = self._feature_map(input)
             feats, _ = self.roi.box_features(fmap, boxes, tuple(input.shape[-2:]))  # (R, D)
-            return self.forward_head(feats)
+            return self.classify(feats)
         b, c, t, h, w = input.shape
         frames = input.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
         frame_boxes = self.roi.boxes_per_frame(boxes, t)
@@ -114,13 +114,13 @@ class Net(nn.Module):
         tracks = torch.cat([f.reshape(t, counts[i * t], -1).transpose(0, 1) for i, f in enumerate(per_sample)])
         # tracks: (R, T, D), one track per box
         tracks = self.temporal(tracks) if self.temporal is not None else tracks.mean(1)  # (R, D')
-        return self.forward_head(tracks)
+        return self.classify(tracks)
 
-    def forward_head(self, features: Tensor) -> Tensor:
+    def classify(self, features: Tensor) -> Tensor:
         return self.head(self.drop(features))  # (B, num_classes)
 
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
-        return self.forward_head(self.forward_features(input, boxes))
+        return self.classify(self.embed(input, boxes))
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for ``num_classes`` labels (fine-tuning on a new label set)."""

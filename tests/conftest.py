@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-import trainer.resolvers  # noqa: F401  (the ${visfeat.*} resolvers of conf/hydra, as in train.py)
+from runs.compose import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("VISFEAT_ROOT", str(ROOT))
 
 
 @pytest.fixture(autouse=True)
@@ -39,22 +35,6 @@ SMALL = [
     "data.num_workers=0",
     "~callbacks.progress_bar",
 ]
-
-
-def compose_config(*overrides: str, output_dir: Path, config_name: str = "train") -> DictConfig:
-    """The config train.py would compose for ``overrides``, with its run dir at ``output_dir``.
-
-    HydraConfig is set as in a real run so `${hydra:...}` interpolations and HydraConfig.get() work.
-    """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_pipeline_accepts_a_list_and_skips_removed_entries():
 def test_show_augment_writes_a_grid(make_cfg, tmp_path):
     from matplotlib.image import imread
 
-    from data.show_augment import show
+    from show_augment import show
 
     cfg = make_cfg("augment=cifar_strong", "data=digits", "num_samples=3", "num_draws=2", config_name="show_augment")
     path = show(cfg)
@@ -236,7 +236,7 @@ def test_show_augment_writes_a_grid(make_cfg, tmp_path):
 def test_show_augment_shows_clip_frames(make_cfg, tmp_path):
     from matplotlib.image import imread
 
-    from data.show_augment import show
+    from show_augment import show
 
     cfg = make_cfg(
         "augment=cifar",

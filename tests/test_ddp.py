@@ -18,9 +18,9 @@ import torch
 from omegaconf import open_dict, read_write
 
 from data.sampler import UnpaddedDistributedSampler, shard_sampler
+from runs import resolvers
+from runs.distributed import hydra_quote, job_command
 from tests.conftest import ROOT, run_script
-from trainer import resolvers
-from trainer.distributed import hydra_quote, job_command
 
 TINY = [
     "trainer.max_epochs=1",

@@ -17,12 +17,12 @@ from data.digits import digits_as_images
 from data.transforms import Pipeline
 from data.video.decode import read_all
 from data.video.sampling import ClipSampler
+from features.extract import extract
+from features.knn import knn_accuracy, load_feature_set
+from features.store import FeatureStore
 from tests.conftest import run_script
 from tests.video_utils import make_video_folder
 from trainer.build import build_net
-from trainer.extract import extract
-from trainer.extract_store import FeatureStore
-from trainer.knn import knn_accuracy, load_feature_set
 from trainer.run import train
 
 DIGIT_STATS = ["data.mean=[0.2,0.2,0.2]", "data.std=[0.35,0.35,0.35]", "data.image_size=32"]
@@ -120,7 +120,7 @@ def test_video_folder_rows_are_videos_times_clips_in_order(make_cfg, tmp_path):
         clip = ClipSampler(num_frames=4, frame_stride=2).uniform_clips(20, 30.0, 3)[int(index[row]["clip"])]
         x = transform(np.ascontiguousarray(frames[clip, :, 8:40]))[None]  # (1, 3, 4, 32, 32)
         with torch.no_grad():
-            expected = net.forward_features(x)[0].numpy()
+            expected = net.embed(x)[0].numpy()
         np.testing.assert_allclose(features[row], expected, rtol=1e-4, atol=1e-5)
     means = np.load(out / "video_mean" / "features.npy")
     np.testing.assert_allclose(means, features.reshape(3, 3, -1).mean(1), rtol=1e-6)

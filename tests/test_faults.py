@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainer.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
-from trainer.faults import NonFiniteError, all_finite, check_update
+from runs.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
+from runs.faults import NonFiniteError, all_finite, check_update
 from trainer.run import train
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.

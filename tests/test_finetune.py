@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from models.backbones import LeNet, ResNet
 from models.net import Net
 from models.nonlocal_block import NonLocalBlock
+from runs.checkpoint import net_state_dict
 from trainer.build import build_net
-from trainer.checkpoint import net_state_dict
 from trainer.finetune import FineTune, net_groups
 from trainer.optim import cosine, no_decay_names
 from trainer.run import train

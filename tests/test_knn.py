@@ -1,4 +1,4 @@
-"""trainer.knn: cosine k-NN votes, cross-validated accuracy, the command line over an extraction folder."""
+"""features.knn: cosine k-NN votes, cross-validated accuracy, the command line over an extraction folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from trainer.knn import knn_accuracy, knn_predict, main
+from features.knn import knn_accuracy, knn_predict, main
 
 
 def test_knn_predict_votes_by_cosine_neighbours():

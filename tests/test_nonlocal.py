@@ -2,57 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import importlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.backbones import ResNet, VideoResNet
 from models.nonlocal_block import PAIRWISE, NonLocalBlock, add_non_local
 
-
-def conv1x1(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    w = conv.weight.flatten(1)  # (O, C)
-    return torch.einsum("oc,bc...->bo...", w, x) + conv.bias.view(1, -1, *([1] * (x.ndim - 2)))
-
-
-def reference(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
-    """The block's formula written out with the full N x M affinity matrix (eval-mode BatchNorm)."""
-    dim = x.ndim - 2
-
-    def sub(t):
-        if not isinstance(block.sub, torch.nn.Identity):
-            return F.max_pool2d(t, 2, ceil_mode=True) if dim == 2 else F.max_pool3d(t, (1, 2, 2), ceil_mode=True)
-        return t
-
-    g = sub(conv1x1(block.g, x)).flatten(2)  # (B, C', M)
-    if block.mode == "gaussian":
-        q, k = x.flatten(2), sub(x).flatten(2)
-    else:
-        q, k = (
-            conv1x1(block.theta, x).flatten(2),
-            sub(conv1x1(block.phi, x)).flatten(2),
-        )  # (B, Ck, N), (B, Ck, M)
-    m = k.shape[-1]
-    if block.mode in ("embedded_gaussian", "gaussian"):
-        logits = torch.einsum("bcn,bcm->bnm", q, k)
-        if block.scale:
-            logits = logits / math.sqrt(q.shape[1])
-        f = torch.exp(logits - logits.amax(-1, keepdim=True))
-        f = f / f.sum(-1, keepdim=True)
-    elif block.mode == "dot_product":
-        f = torch.einsum("bcn,bcm->bnm", q, k) / m
-    else:
-        a = torch.einsum("c,bcn->bn", block.w_theta, q)
-        b = torch.einsum("c,bcm->bm", block.w_phi, k)
-        f = torch.relu(a[:, :, None] + b[:, None, :]) / m
-    y = torch.einsum("bnm,bcm->bcn", f, g).reshape(x.shape[0], -1, *x.shape[2:])
-    wy = conv1x1(block.out, y)
-    bn = block.bn
-    shape = (1, -1, *([1] * dim))
-    z = (wy - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
-    return x + z * bn.weight.view(shape) + bn.bias.view(shape)
+# The einsum reference lives beside the benchmark that also times it (`nonlocal` is a keyword: no plain import).
+reference = importlib.import_module("bench.nonlocal").reference
 
 
 def randomise_bn(block: NonLocalBlock) -> None:

@@ -14,7 +14,7 @@ from torchvision.models.vgg import make_layers
 from models.backbones import VGG, LeNet, ResNet, VideoResNet
 from models.net import Net
 from trainer.build import build_net
-from trainer.pretrained import load_pretrained
+from weights.pretrained import load_pretrained
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_compiled_net_trains_like_eager(make_cfg):
 
 
 def test_mixed_precision_follows_the_hardware(monkeypatch):
-    from trainer import resolvers
+    from runs import resolvers
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(resolvers, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
@@ -187,7 +187,7 @@ def test_mixed_precision_follows_the_hardware(monkeypatch):
 
 
 def test_cpu_flags_reads_this_machine():
-    from trainer.resolvers import cpu_flags
+    from runs.resolvers import cpu_flags
 
     flags = cpu_flags()
     if Path("/proc/cpuinfo").exists() and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
@@ -197,7 +197,7 @@ def test_cpu_flags_reads_this_machine():
 
 
 def test_mixed_precision_from_the_command_line(make_cfg):
-    from trainer.resolvers import mixed_precision
+    from runs.resolvers import mixed_precision
 
     cfg = make_cfg("trainer.precision='${visfeat.mixed_precision:${trainer.accelerator}}'")
     assert cfg.trainer.precision == mixed_precision("cpu")

@@ -11,8 +11,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from runs.sweep import OptunaTotalTrials, finished_trials, metric_mode, write_summary
 from tests.conftest import run_script
-from trainer.sweep import OptunaTotalTrials, finished_trials, metric_mode, write_summary
 
 TINY = [
     "trainer.max_epochs=1",

@@ -7,18 +7,22 @@ plain ``nn.Module``s without file IO or training concerns.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from trainer.pretrained import load_pretrained
+from runs.checkpoint import net_state_dict, stored_config
+from weights.pretrained import load_pretrained
 
 FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "channels_last")
 
 
 def build_net(model_cfg: DictConfig | dict, *, load_weights: bool = True, compile: bool = False) -> nn.Module:
-    """The net; with ``load_weights`` it starts from ``model.pretrained`` (trainer/pretrained.py), leaving out
+    """The net; with ``load_weights`` it starts from ``model.pretrained`` (weights/pretrained.py), leaving out
     keys under ``model.pretrained_exclude`` (e.g. ``[head]``). Rebuilding a checkpoint's net skips it.
     ``model.channels_last`` puts weights and inputs in channels-last layout; ``compile`` (the top-level
     ``compile`` key) compiles its forward with ``torch.compile`` in place; state_dict keys stay the same."""
@@ -53,3 +57,17 @@ def _input_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> tuple[
     elif isinstance(kwargs.get("input"), torch.Tensor) and kwargs["input"].ndim in _LAYOUT:
         kwargs = {**kwargs, "input": kwargs["input"].contiguous(memory_format=_LAYOUT[kwargs["input"].ndim])}
     return args, kwargs
+
+
+def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: int | None = None) -> nn.Module:
+    """Rebuild the net from the config stored in the checkpoint and load its weights exactly."""
+    model_cfg = OmegaConf.create(stored_config(ckpt, path)["model"])
+    trained_classes = model_cfg.num_classes
+    if num_classes is not None and num_classes != trained_classes:
+        raise ValueError(
+            f"{path} was trained for {trained_classes} classes but the data has {num_classes}; evaluate it on "
+            f"data with the same classes, or fine-tune it (model.pretrained={path}) for the new ones"
+        )
+    net = build_net(model_cfg, load_weights=False)  # the checkpoint's own weights follow
+    net.load_state_dict(net_state_dict(ckpt), strict=True)
+    return net

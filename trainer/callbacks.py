@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from trainer.plots import plot_curves
+from runs.plots import plot_curves
 
 
 class History(pl.Callback):

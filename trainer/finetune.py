@@ -34,8 +34,8 @@ import pytorch_lightning as pl
 from torch import nn
 
 from models.backbones import StagedBackbone
+from runs.plots import plot_finetune
 from trainer.optim import param_groups
-from trainer.plots import plot_finetune
 
 log = logging.getLogger(__name__)
 

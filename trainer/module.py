@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from trainer.faults import check_nonfinite_mode, check_update
+from runs.faults import check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, param_groups
 
 

@@ -17,16 +17,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data.base import ClassificationDataModule
-from trainer.build import build_net
+from runs.checkpoint import load_checkpoint, stored_config
+from runs.distributed import end_processes
+from runs.faults import ResumeState, SaveOnSignal
+from runs.plots import plot_confusion
+from runs.results import git_state, package_versions, write_json
+from trainer.build import build_net, net_from_checkpoint
 from trainer.callbacks import History
-from trainer.checkpoint import load_checkpoint, net_from_checkpoint, stored_config
 from trainer.checks import check_config, check_precision
-from trainer.distributed import end_processes
-from trainer.faults import ResumeState, SaveOnSignal
 from trainer.finetune import FineTune
 from trainer.module import ClassificationModule
-from trainer.plots import plot_confusion
-from trainer.results import git_state, package_versions, write_json
 
 log = logging.getLogger(__name__)
 

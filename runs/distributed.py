@@ -12,7 +12,7 @@ Why not ``ddp_spawn``: it pickles the trainer, module and datamodule into each c
 unpicklable parts (lambdas in transforms, open video readers) and returns nothing from the children.
 
 Processes started by torchrun or srun are not started by Lightning: each runs train.py itself and they agree
-on the run dir through ``visfeat.run_stamp`` (trainer/resolvers.py).
+on the run dir through ``visfeat.run_stamp`` (runs/resolvers.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import sys
 import pytorch_lightning as pl
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
-from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from runs.lightning_private import ChildScriptLauncher, LauncherHooks
 
 # What the launcher puts into this process's environment; removed again by ``end_processes``.
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -54,14 +55,14 @@ def job_command() -> list[str]:
     return [*command, *hc.overrides.task, f"hydra.run.dir={hydra_quote(hc.runtime.output_dir)}"]
 
 
-class HydraJobLauncher(_SubprocessScriptLauncher):
+class HydraJobLauncher(ChildScriptLauncher):
     """Lightning's subprocess launcher, starting ``job_command()`` when Hydra runs the script."""
 
-    def _call_children_scripts(self) -> None:
+    def start_children(self) -> None:
         if not HydraConfig.initialized():
-            super()._call_children_scripts()
+            self.default_start_children()
             return
-        self._check_can_spawn_children()
+        self.check_can_spawn_children()
         env = self.cluster_environment
         self.saved_environ = {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
         os.environ.update(
@@ -78,13 +79,11 @@ class HydraJobLauncher(_SubprocessScriptLauncher):
         ]
 
 
-class DDPStrategy(pl.strategies.DDPStrategy):
+class DDPStrategy(LauncherHooks):
     """``pytorch_lightning.strategies.DDPStrategy`` whose extra processes run the same Hydra job."""
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            self._launcher = HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+    def child_launcher(self) -> HydraJobLauncher:
+        return HydraJobLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
 def end_processes(trainer: pl.Trainer) -> None:

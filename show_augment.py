@@ -1,4 +1,4 @@
-"""See an augmentation pipeline: ``python -m data.show_augment augment=<preset> data=<dataset>``.
+"""See an augmentation pipeline: ``python -m show_augment augment=<preset> data=<dataset>``.
 
 Loads raw samples (uint8, before any transform) of the chosen split, runs the ``augment.<split>`` pipeline
 on each several times, undoes the normalisation and writes one PNG grid: for images a row per sample
@@ -8,14 +8,11 @@ column per frame, so one can check that every frame of a clip got the same crop,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
-
-os.environ.setdefault("VISFEAT_ROOT", str(Path(__file__).resolve().parent.parent))
 
 
 def raw(array: np.ndarray) -> torch.Tensor:
@@ -108,7 +105,9 @@ def show(cfg: DictConfig) -> Path:
 if __name__ == "__main__":
     import hydra
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="show_augment")
+    import runs.resolvers  # noqa: F401  (${visfeat.root:} in conf/paths)
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name="show_augment")
     def main(cfg: DictConfig) -> None:
         print(show(cfg))
 

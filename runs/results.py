@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import atomic_open
+from runs.atomic import atomic_open
 
 PACKAGES = (
     "torch",

@@ -25,6 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from runs.lightning_private import load_loader_states
+
 log = logging.getLogger(__name__)
 
 NONFINITE_MODES = ("error", "skip")
@@ -149,9 +151,7 @@ class ResumeState(pl.Callback):
         self._pending = state_dict
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loop = trainer.fit_loop
-        if getattr(loop, "_combined_loader_states_to_load", None):
-            loop._load_combined_loader_states()
+        load_loader_states(trainer)
         if self._pending is None:
             return
         s, self._pending = self._pending, None

@@ -18,26 +18,24 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import get_object
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import OmegaConf
-from torch import nn
 
-from trainer.atomic import atomic_link, atomic_open
-from trainer.build import build_net
-from trainer.faults import NonFiniteError, nonfinite_names
+from runs.atomic import atomic_link, atomic_open
+from runs.faults import NonFiniteError, nonfinite_names
+from runs.lightning_private import CheckpointHooks
 
 # Import paths (prefixes) a stored config may instantiate: the project's model, data and training parts and
-# the libraries its configs use. Not trainer.run / trainer.results (file writing, subprocesses).
+# the libraries its configs use. Not trainer.run / runs.results (file writing, subprocesses).
 ALLOWED_TARGETS = (
     "models.",
     "data.",
     "trainer.module.",
     "trainer.optim.",
     "trainer.callbacks.",
-    "trainer.checkpoint.",
-    "trainer.faults.",
+    "runs.checkpoint.",
+    "runs.faults.",
     "trainer.ema.",
-    "trainer.distributed.",
-    "trainer.sweep.",
+    "runs.distributed.",
+    "runs.sweep.",
     "trainer.finetune.",
     "torch.nn.",
     "torch.optim.",
@@ -80,7 +78,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
 
 
-class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+class ModelCheckpoint(CheckpointHooks):
     """Lightning's ModelCheckpoint with a ``last.ckpt`` that is never more than ``last_every_s`` behind.
 
     Lightning (2.6) rewrites ``last.ckpt`` only at steps where it also wrote a top-k checkpoint: once the
@@ -92,7 +90,7 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
       serialisation; a copy where hard links are impossible);
     - otherwise ``last.ckpt`` is written if ``last_every_s`` seconds passed since it last was (0: always).
 
-    At the end of fitting it is always brought up to date; SIGTERM/SIGUSR1 write it too (trainer.faults).
+    At the end of fitting it is always brought up to date; SIGTERM/SIGUSR1 write it too (runs.faults).
     So a crash that kills the process outright (out of memory, power loss) loses at most ``last_every_s``
     seconds of training, and small models with sub-second epochs do not spend their time serialising.
     """
@@ -105,18 +103,18 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
         self._last_written_step: int | None = None
         self._last_written_time = time.monotonic()
 
-    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
-        self._save_last_checkpoint(trainer, monitor_candidates, when_due=True)
+    def topk_hook(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super().topk_hook(trainer, monitor_candidates)
+        self.last_hook(trainer, monitor_candidates, when_due=True)
 
-    def _save_last_checkpoint(
+    def last_hook(
         self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor], *, when_due: bool = False
     ) -> None:
         if not self.save_last or self._last_written_step == trainer.global_step:
-            return  # up to date (Lightning asks again right after _save_topk_checkpoint)
-        source = self._last_checkpoint_saved if self._last_global_step_saved == trainer.global_step else None
+            return  # up to date (Lightning asks again right after the top-k save)
+        source = self.last_saved_path if self.last_saved_step == trainer.global_step else None
         path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-        if source and self.save_last is True and "://" not in path and not self._enable_version_counter:
+        if source and self.save_last is True and "://" not in path and not self.version_counter:
             self.last_model_path = path
             if trainer.is_global_zero:
                 atomic_link(source, path)
@@ -126,13 +124,13 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
             due = time.monotonic() - self._last_written_time >= self.last_every_s
             if when_due and not trainer.strategy.broadcast(due):
                 return
-            super()._save_last_checkpoint(trainer, monitor_candidates)
+            self.write_last(trainer, monitor_candidates)
             self._last_written_time = time.monotonic()
         self._last_written_step = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and not trainer.fast_dev_run:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.last_hook(trainer, self.monitor_candidates(trainer))
 
 
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -199,7 +197,7 @@ def check_targets(node: Any, path: str | Path, key: str = "") -> None:
 def check_target(target: Any, path: str | Path, key: str) -> None:
     """Entries of ``ALLOWED_TARGETS`` ending in ``.`` are packages: the object must also be defined in that
     package (``trainer.module.torch.save`` matches ``trainer.module.`` by name only). Others are exact names."""
-    fix = "Load only checkpoints you trust; if this one is, add its prefix to trainer.checkpoint.ALLOWED_TARGETS."
+    fix = "Load only checkpoints you trust; if this one is, add its prefix to runs.checkpoint.ALLOWED_TARGETS."
     if not isinstance(target, str):
         raise UnsafeConfigError(f"{path}: {key}={target!r} is not an import path. {fix}")
     if target in ALLOWED_TARGETS:
@@ -224,17 +222,3 @@ def check_target(target: Any, path: str | Path, key: str) -> None:
 def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The net's weights out of a LightningModule state_dict (keys prefixed ``net.``)."""
     return {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-
-
-def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: int | None = None) -> nn.Module:
-    """Rebuild the net from the config stored in the checkpoint and load its weights exactly."""
-    model_cfg = OmegaConf.create(stored_config(ckpt, path)["model"])
-    trained_classes = model_cfg.num_classes
-    if num_classes is not None and num_classes != trained_classes:
-        raise ValueError(
-            f"{path} was trained for {trained_classes} classes but the data has {num_classes}; evaluate it on "
-            f"data with the same classes, or fine-tune it (model.pretrained={path}) for the new ones"
-        )
-    net = build_net(model_cfg, load_weights=False)  # the checkpoint's own weights follow
-    net.load_state_dict(net_state_dict(ckpt), strict=True)
-    return net

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer.atomic import atomic_open
-from trainer.extract_data import Plan
+from features.plans import Plan
+from runs.atomic import atomic_open
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 

@@ -26,12 +26,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.transforms import Pipeline
+from features.inputs import list_sources
+from features.plans import Guarded, Plan, Preprocessing, box_plan, collate_items, image_plan, video_plan
+from features.store import FeatureStore, write_atomic
 from models.roi import roi_head
-from trainer.build import build_net
-from trainer.checkpoint import load_checkpoint, net_from_checkpoint, stored_config
-from trainer.extract_data import Guarded, Plan, Preprocessing, box_plan, collate_items, image_plan, video_plan
-from trainer.extract_inputs import list_sources
-from trainer.extract_store import FeatureStore, write_atomic
+from runs.checkpoint import load_checkpoint, stored_config
+from trainer.build import build_net, net_from_checkpoint
 
 log = logging.getLogger(__name__)
 POOLS = ("avg", "max", "none")
@@ -193,7 +193,7 @@ def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[s
 class Embedder(nn.Module):
     """One vector per sample (or per box) from a trained net.
 
-    ``layer=None``: ``net.forward_features``. ``layer=<stage>``: that stage's map (clips on a 2D backbone: the
+    ``layer=None``: ``net.embed``. ``layer=<stage>``: that stage's map (clips on a 2D backbone: the
     frames' maps averaged), pooled ``avg`` / ``max`` over space (and time), or ``none``: the map flattened
     channel-major, ``(C, h, w)`` or ``(C, t, h, w)`` -> ``C*h*w`` (C*t*h*w). With boxes: roi_align (aligned,
     spatial_scale 1/stride) of the stage (default: the last) to ``roi_output_size`` cells per box, pooled
@@ -213,7 +213,7 @@ class Embedder(nn.Module):
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is unknown; choose one of {POOLS}")
         if layer is None and pool != "avg":
-            raise ValueError(f"pool={pool} needs a named layer (layer=<stage>); forward_features pools by itself")
+            raise ValueError(f"pool={pool} needs a named layer (layer=<stage>); embed pools by itself")
         self.net, self.layer, self.pool = net, layer, pool
         backbone = net.backbone
         stage = layer or backbone.stage_names[-1]
@@ -249,7 +249,7 @@ class Embedder(nn.Module):
                 raise ValueError(f"ROI features need images (B, C, H, W); got {tuple(x.shape)}")
             return self.pooled(self.roi.pool_cells(self.stage_map(x), boxes))  # (R, D)
         if self.layer is None:
-            return self.net.forward_features(x)  # (B, D)
+            return self.net.embed(x)  # (B, D)
         return self.pooled(self.stage_map(x))  # (B, D)
 
     @torch.inference_mode()
@@ -324,7 +324,7 @@ def fill(
 
 def write_video_means(out: Path, plan: Plan, features: np.ndarray, *, clips: int, chunk: int = 1024) -> Path:
     """``out/video_mean/``: one row per video, the mean of its clip rows (NaN for a video that failed); a
-    feature set of its own (features.npy + index.csv) that ``trainer.knn`` scores like any other."""
+    feature set of its own (features.npy + index.csv) that ``features.knn`` scores like any other."""
     mean_dir = out / "video_mean"
     mean_dir.mkdir(exist_ok=True)
     num_videos = plan.num_rows // clips

@@ -9,7 +9,7 @@ Registered on import (the entry scripts import this module before Hydra composes
   srun: ``slurm<job id>.<step id>``, the same in every task of the step;
   ``VISFEAT_RUN_STAMP``, when set, wins over both.
   Processes that Lightning starts itself (``trainer=ddp``/``ddp_sim``) are told the run dir on their command
-  line instead (trainer/distributed.py).
+  line instead (runs/distributed.py).
 - ``${visfeat.if_rank_zero:A,B}``: A in the process of global rank 0, B in the others; the hydra config uses
   it so that only rank 0 writes ``.hydra/`` and the log file.
 - ``${visfeat.direction:${optimized_metric}}``: ``maximize`` or ``minimize`` for the Optuna sweeper.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -88,7 +89,7 @@ def shared_with_rank_zero(key: str, value: str) -> str:
 
 def metric_direction(metric: str) -> str:
     """The Optuna direction ("maximize"/"minimize") of a metric such as ``optimized_metric``."""
-    from trainer.sweep import metric_mode
+    from runs.sweep import metric_mode
 
     return "minimize" if metric_mode(metric) == "min" else "maximize"
 
@@ -118,8 +119,14 @@ def cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+def repo_root() -> str:
+    """The repository root (``${visfeat.root:}``): $VISFEAT_ROOT where set, else the folder above runs/."""
+    return os.environ.get("VISFEAT_ROOT") or str(Path(__file__).resolve().parent.parent)
+
+
 def register() -> None:
     # Cached: Hydra may resolve hydra.run.dir more than once, and every read must give the same dir.
+    OmegaConf.register_new_resolver("visfeat.root", repo_root, replace=True)
     OmegaConf.register_new_resolver("visfeat.run_stamp", run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("visfeat.if_rank_zero", if_rank_zero, replace=True)
     OmegaConf.register_new_resolver("visfeat.direction", metric_direction, replace=True)

@@ -27,7 +27,7 @@ from data.image_folder import load_image
 from data.video.dataset import VideoClipDataset
 from data.video.decode import VideoReader, VideoReadError
 from data.video.sampling import ClipSampler
-from trainer.extract_inputs import Source
+from features.inputs import Source
 
 # What reading one file may raise (a missing, truncated or corrupt file, or boxes that do not fit the image).
 READ_ERRORS = (

@@ -1,4 +1,4 @@
-"""Score a feature set by k-NN classification: ``python -m trainer.knn features=<dir> [k=20] [folds=5]``.
+"""Score a feature set by k-NN classification: ``python -m features.knn features=<dir> [k=20] [folds=5]``.
 
 Reads ``<dir>/features.npy`` and the ``label`` column of ``<dir>/index.csv`` (rows without a label, or with
 NaN features from unreadable files, are left out), then cross-validates a cosine k-NN classifier: stratified
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     if OmegaConf.is_missing(cfg, "features"):
-        raise SystemExit("usage: python -m trainer.knn features=<extract output dir> [k=20] [folds=5] [vote=weighted]")
+        raise SystemExit("usage: python -m features.knn features=<extract output dir> [k=20] [folds=5] [vote=weighted]")
     features, labels, paths, left_out = load_feature_set(cfg.features)
     result = knn_accuracy(
         features,

@@ -1,0 +1,1 @@
+"""The extraction product: features from trained or published networks, stores, k-NN and the report card."""
