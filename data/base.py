@@ -153,13 +153,30 @@ class ClassificationDataModule(pl.LightningDataModule):
                 mode=self.in_memory,
                 train_transform=self.train_transform,
                 eval_transform=self.eval_transform,
+                seed=self.seed,
             )
             self.train_set, self.val_set, self.test_set = splits
+
+    def train_images(self, n: int) -> torch.Tensor:
+        """The first ``n`` training images, normalised and not augmented: float ``(n, C, H, W)`` (for layers
+        initialised from data, e.g. airbench's whitening)."""
+        self.setup("fit")
+        data = self.train_set
+        if self.batch_transforms is not None:  # held in memory: one uint8 tensor
+            return self.batch_transforms["eval"](data.images[:n])
+        if isinstance(data, ArrayDataset) and self.eval_transform is not None:
+            return torch.stack([self.eval_transform(image) for image in data.images[:n]])
+        raise ValueError(
+            f"{type(self).__name__}: training images for a data-initialised layer need images held as arrays "
+            f"(data.in_memory=true, or an array dataset such as digits or cifar10) and an augment config"
+        )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transforms is None:
             return batch
-        return augment_batch(batch, self.batch_transforms, train=self.trainer is not None and self.trainer.training)
+        training = self.trainer is not None and self.trainer.training
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return augment_batch(batch, self.batch_transforms, train=training, epoch=epoch)
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)

@@ -73,6 +73,8 @@ class BatchAugment:
         pad_value: float = 0.0,
         crop: tuple[int, int] | None = None,  # (height, width); None keeps the padded size
         flip_p: float = 0.0,
+        alternate_flip: bool = False,
+        seed: int = 0,
     ) -> None:
         # Normalisation of pixel values in [0, 255]: (x - shift) * scale, kept on the device of the last batch.
         self.shift = torch.as_tensor(np.asarray(mean, dtype=np.float32)).view(1, -1, 1, 1) * 255.0
@@ -81,8 +83,18 @@ class BatchAugment:
             raise ValueError(f"pad_mode={pad_mode!r} must be one of {sorted(BORDER_MODES.values())}")
         self.pad, self.pad_mode, self.pad_value = tuple(int(p) for p in pad), pad_mode, float(pad_value)
         self.crop, self.flip_p = crop, float(flip_p)
+        # airbench: image i is flipped in epoch e iff bit(i) xor (e odd), bit(i) a seeded coin per image.
+        self.alternate_flip, self.seed = bool(alternate_flip), int(seed)
 
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def base_flips(self, index: Tensor) -> Tensor:
+        """The seeded coin of each image index (bool): a multiplicative hash, so any subset of images gets the
+        same coins in any order and on any process."""
+        h = (index.long() + self.seed * 1_000_003) * 2_654_435_761 % (1 << 32)
+        return ((h >> 16) & 1).bool()
+
+    def __call__(
+        self, images: Tensor, generator: torch.Generator | None = None, *, index: Tensor | None = None, epoch: int = 0
+    ) -> Tensor:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(
                 f"BatchAugment expects uint8 images (B, C, H, W); got {images.dtype} {tuple(images.shape)}"
@@ -92,13 +104,18 @@ class BatchAugment:
             # Pad in pixel units: a constant fill is a pixel value.
             x = F.pad(x, self.pad, mode=self.pad_mode, value=self.pad_value if self.pad_mode == "constant" else None)
         if self.crop is not None or self.flip_p > 0:
-            x = self._crop_flip(x, generator)
+            flip = None
+            if self.alternate_flip and self.flip_p > 0:
+                if index is None:
+                    raise ValueError("alternate_flip needs the batch's image indices (batch['index'])")
+                flip = self.base_flips(index.cpu()) ^ (epoch % 2 == 1)
+            x = self._crop_flip(x, generator, flip)
         # Normalising commutes with crop and flip, so it runs last, on the (smaller) cropped batch, in place.
         if self.shift.device != x.device:
             self.shift, self.scale = self.shift.to(x.device), self.scale.to(x.device)
         return x.sub_(self.shift).mul_(self.scale)
 
-    def _crop_flip(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _crop_flip(self, x: Tensor, generator: torch.Generator | None, flip: Tensor | None = None) -> Tensor:
         b, c, h, w = x.shape
         ch, cw = self.crop or (h, w)
         if ch > h or cw > w:
@@ -107,7 +124,8 @@ class BatchAugment:
         # Draws on the CPU generator (seeded by seed_everything), then moved: same draws on any device.
         top = torch.randint(0, h - ch + 1, (b,), generator=generator)
         left = torch.randint(0, w - cw + 1, (b,), generator=generator)
-        flip = torch.rand(b, generator=generator) < self.flip_p
+        if flip is None:
+            flip = torch.rand(b, generator=generator) < self.flip_p
         rows = (top[:, None] + torch.arange(ch)).to(dev)  # (B, ch)
         cols = torch.arange(cw).expand(b, cw)
         cols = torch.where(flip[:, None], cw - 1 - cols, cols) + left[:, None]
@@ -117,7 +135,7 @@ class BatchAugment:
         return out.permute(0, 3, 1, 2).contiguous()  # (B, C, ch, cw)
 
 
-def batch_augment_from(pipeline: Any, *, image_size: tuple[int, int]) -> BatchAugment:
+def batch_augment_from(pipeline: Any, *, image_size: tuple[int, int], seed: int = 0) -> BatchAugment:
     """The ``BatchAugment`` equivalent of a ``data.transforms.Pipeline`` made of Pad / PadIfNeeded /
     RandomCrop / HorizontalFlip (in that order), for images of ``image_size`` (H, W)."""
     if pipeline is None:
@@ -139,7 +157,18 @@ def batch_augment_from(pipeline: Any, *, image_size: tuple[int, int]) -> BatchAu
                 f"data.in_memory=true: augment transform {kind} has no whole-batch equivalent (supported, in this "
                 f"order: Pad | PadIfNeeded, RandomCrop, HorizontalFlip); set data.in_memory=false or auto"
             )
-    return BatchAugment(mean=mean, std=std, pad=pad, pad_mode=pad_mode, pad_value=pad_value, crop=crop, flip_p=flip_p)
+    alternate = bool(getattr(pipeline, "alternate_flip", False))
+    return BatchAugment(
+        mean=mean,
+        std=std,
+        pad=pad,
+        pad_mode=pad_mode,
+        pad_value=pad_value,
+        crop=crop,
+        flip_p=flip_p,
+        alternate_flip=alternate,
+        seed=seed,
+    )
 
 
 def _pad_amounts(t: A.BasicTransform, h: int, w: int) -> tuple[int, int, int, int]:
@@ -165,13 +194,18 @@ def _border(t: A.BasicTransform) -> str:
 
 
 def hold_in_memory(
-    splits: tuple[Dataset, ...], *, mode: bool | str, train_transform: Any, eval_transform: Any
+    splits: tuple[Dataset, ...], *, mode: bool | str, train_transform: Any, eval_transform: Any, seed: int = 0
 ) -> tuple[tuple[Dataset, ...], dict[str, BatchAugment] | None]:
     """``(train, val, test)`` image-array splits -> in-memory splits and their ``{"train", "eval"}`` batch
     transforms; the splits unchanged (and None) when ``mode`` is false, or ``"auto"`` and the datasets are
     not uint8 arrays or the augment pipelines have no whole-batch equivalent."""
     if mode not in IN_MEMORY_MODES:
         raise ValueError(f"data.in_memory={mode!r} must be true, false or auto")
+    if getattr(train_transform, "alternate_flip", False) and mode is not True:
+        raise ValueError(
+            f"augment.train.alternate_flip=true works on whole batches only; data.in_memory={mode}: "
+            f"set data.in_memory=true"
+        )
     if mode is False:
         return splits, None
     arrays = [getattr(d, "images", None) for d in splits]
@@ -185,7 +219,7 @@ def hold_in_memory(
     size = tuple(arrays[0].shape[1:3])
     try:
         transforms = {
-            "train": batch_augment_from(train_transform, image_size=size),
+            "train": batch_augment_from(train_transform, image_size=size, seed=seed),
             "eval": batch_augment_from(eval_transform, image_size=size),
         }
     except ValueError:
@@ -195,9 +229,12 @@ def hold_in_memory(
     return tuple(InMemoryDataset(d.images, d.targets) for d in splits), transforms
 
 
-def augment_batch(batch: dict[str, Any], transforms: dict[str, BatchAugment], *, train: bool) -> dict[str, Any]:
+def augment_batch(
+    batch: dict[str, Any], transforms: dict[str, BatchAugment], *, train: bool, epoch: int = 0
+) -> dict[str, Any]:
     """Turns a batch's uint8 ``input`` into the augmented, normalised float input (on the batch's device)."""
     x = batch.get("input")
     if x is None or x.dtype != torch.uint8:
         return batch
-    return {**batch, "input": transforms["train" if train else "eval"](x)}
+    transform = transforms["train" if train else "eval"]
+    return {**batch, "input": transform(x, index=batch.get("index"), epoch=epoch)}

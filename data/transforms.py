@@ -36,6 +36,7 @@ class Pipeline:
         transforms: Mapping[str, A.BasicTransform | None] | Sequence[A.BasicTransform | None] = (),
         mean: Sequence[float],
         std: Sequence[float],
+        alternate_flip: bool = False,
     ):
         named = dict(transforms.items()) if isinstance(transforms, Mapping) else dict(enumerate(transforms))
         named = {str(k): t for k, t in named.items() if t is not None}
@@ -43,6 +44,12 @@ class Pipeline:
             check_transform(name, t)
         if len(mean) != len(std) or any(s <= 0 for s in std):
             raise ValueError(f"augment: mean={list(mean)} and std={list(std)} must have one positive std per channel")
+        # airbench's alternating flip: each image flipped in every other epoch (a random half of them in the
+        # even ones) instead of a fresh coin per epoch. It needs the epoch and the image's index: only the
+        # whole-batch path of data.in_memory=true has them (data/in_memory.py).
+        self.alternate_flip = bool(alternate_flip)
+        if self.alternate_flip and not any(type(t).__name__ == "HorizontalFlip" for t in named.values()):
+            raise ValueError("augment: alternate_flip=true needs a HorizontalFlip transform in the same pipeline")
         self.names = list(named)
         self.compose = A.Compose(list(named.values()))
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
@@ -50,6 +57,8 @@ class Pipeline:
         self._seed: int | None = None
 
     def __call__(self, array: np.ndarray) -> Tensor:
+        if self.alternate_flip:
+            raise RuntimeError("augment: alternate_flip=true works on whole batches only: set data.in_memory=true")
         self._seed_once_per_process()
         if array.ndim == 3:  # (H, W, C)
             out = self.compose(image=array)["image"]

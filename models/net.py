@@ -39,6 +39,8 @@ class Net(nn.Module):
         roi: Callable[..., nn.Module] | None = None,
         non_local: Callable[..., object] | None = None,
         dropout: float = 0.0,
+        head_bias: bool = True,
+        logit_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -57,7 +59,10 @@ class Net(nn.Module):
         self.temporal = temporal(in_features=dim) if temporal is not None else None
         self.num_features = self.temporal.out_features if self.temporal is not None else dim
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.num_features, num_classes)
+        # airbench: a bias-free head whose logits are scaled by 1/9 (the scale sets the softmax temperature
+        # at initialisation and the head's effective learning rate).
+        self.head_bias, self.logit_scale = bool(head_bias), float(logit_scale)
+        self.head = nn.Linear(self.num_features, num_classes, bias=self.head_bias)
 
     @property
     def num_classes(self) -> int:
@@ -117,11 +122,12 @@ class Net(nn.Module):
         return self.classify(tracks)
 
     def classify(self, features: Tensor) -> Tensor:
-        return self.head(self.drop(features))  # (B, num_classes)
+        logits = self.head(self.drop(features))  # (B, num_classes)
+        return logits if self.logit_scale == 1.0 else logits * self.logit_scale
 
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
         return self.classify(self.embed(input, boxes))
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh head for ``num_classes`` labels (fine-tuning on a new label set)."""
-        self.head = nn.Linear(self.num_features, num_classes).to(self.head.weight.device)
+        self.head = nn.Linear(self.num_features, num_classes, bias=self.head_bias).to(self.head.weight.device)

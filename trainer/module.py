@@ -22,7 +22,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from runs.faults import check_nonfinite_mode, check_update
-from trainer.optim import no_decay_names, param_groups
+from trainer.optim import no_decay_names, norm_names, param_groups
+from trainer.tta import check_tta, tta_logits
 
 
 class ClassificationModule(pl.LightningModule):
@@ -38,6 +39,8 @@ class ClassificationModule(pl.LightningModule):
         run_config: dict | None = None,
         nonfinite: str = "error",
         group_params: Callable[..., list[dict]] | None = None,
+        norm_group: bool = False,
+        tta: str = "none",
     ) -> None:
         super().__init__()
         self.nonfinite = check_nonfinite_mode(nonfinite)
@@ -51,6 +54,9 @@ class ClassificationModule(pl.LightningModule):
         self.label_smoothing = label_smoothing
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
         self.mixer = mixer
+        # BatchNorm parameters in parameter groups of their own (marked ``norm``: decoupled_sgd's norm_lr_scale).
+        self.norm_group = norm_group
+        self.tta = check_tta(tta)  # test-time augmentation of the test split (trainer/tta.py)
         n = net.num_classes
         # Top-5 says little with 10 classes or fewer (CIFAR-10: ~99.9 %), and each logged value costs ~1 ms per epoch.
         self.top_k = (1, 5) if n > 10 else (1,)
@@ -155,7 +161,10 @@ class ClassificationModule(pl.LightningModule):
 
     # --- evaluation ---------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, split: str) -> Tensor:
-        logits = self(batch["input"], batch.get("boxes"))
+        if split == "test" and self.tta != "none" and batch.get("boxes") is None:
+            logits = tta_logits(self, batch["input"], self.tta)
+        else:
+            logits = self(batch["input"], batch.get("boxes"))
         target = batch["target"]
         getattr(self, f"{split}_loss").update(self.loss(logits, target), weight=len(target))
         for k in self.top_k:
@@ -233,6 +242,7 @@ class ClassificationModule(pl.LightningModule):
                 (("net." + n, p) for n, p in self.net.named_parameters()),
                 skip={"net." + n for n in skip},
                 weight_decay=weight_decay,
+                norm={"net." + n for n in norm_names(self.net)} if self.norm_group else frozenset(),
                 group="net",  # one lr: one lr/net column in metrics.csv for the decayed and undecayed halves
             )
         optimizer = partial(groups)

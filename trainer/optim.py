@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
@@ -27,15 +28,65 @@ def no_decay_names(module: nn.Module) -> set[str]:
     return names
 
 
+def norm_names(module: nn.Module) -> set[str]:
+    """Names of the parameters of normalisation layers."""
+    return {
+        f"{mod_name}.{p_name}" if mod_name else p_name
+        for mod_name, mod in module.named_modules()
+        if isinstance(mod, NORM_TYPES)
+        for p_name, _ in mod.named_parameters(recurse=False)
+    }
+
+
 def param_groups(
-    named_params: Iterable[tuple[str, nn.Parameter]], *, skip: set[str], weight_decay: float, **group
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    *,
+    skip: set[str],
+    weight_decay: float,
+    norm: set[str] = frozenset(),
+    **group,
 ) -> list[dict]:
-    """Split parameters into a decayed group and an undecayed one (names in ``skip``); empty groups dropped."""
-    decay, no_decay = [], []
+    """Split parameters into a decayed group and an undecayed one (names in ``skip``); names in ``norm`` go to
+    groups of their own, marked ``norm: True`` (airbench's higher lr for BatchNorm biases); empty groups dropped."""
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {(n, s): [] for n in (False, True) for s in (False, True)}
     for name, p in named_params:
-        (no_decay if name in skip else decay).append(p)
-    groups = [dict(params=decay, weight_decay=weight_decay, **group), dict(params=no_decay, weight_decay=0.0, **group)]
+        buckets[(name in norm, name in skip)].append(p)
+    groups = [
+        dict(params=ps, weight_decay=0.0 if undecayed else weight_decay, **({"norm": True} if is_norm else {}), **group)
+        for (is_norm, undecayed), ps in buckets.items()
+    ]
     return [g for g in groups if g["params"]]
+
+
+def decoupled_sgd(
+    groups: list[dict],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    norm_lr_scale: float = 1.0,
+    nesterov: bool = True,
+) -> torch.optim.SGD:
+    """Nesterov SGD with airbench's decoupled hyperparameters (Jordan 2024; Page, "How to train your ResNet 5").
+
+    ``lr`` and ``weight_decay`` are per 1024 examples and independent of the momentum: with time-constant
+    gradients a step moves ``lr`` times the gradient of 1024 examples, whatever ``momentum`` and the batch size,
+    and the decay per step is ``weight_decay * batch_size / 1024 / (1 + 1 / (1 - momentum))`` whatever ``lr``.
+    airbench sums the loss over the batch; the loss here is a mean, so the lr carries the batch size instead
+    (the same update). Groups marked ``norm`` (BatchNorm parameters) get ``norm_lr_scale`` times the lr
+    (airbench's bias_scaler, 64) and the same decay per step. A group's ``weight_decay`` of 0 stays 0.
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"optimizer.momentum={momentum} must be in [0, 1)")
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    base_lr = lr / kilostep_scale * batch_size  # per-example lr of a summed loss, times the batch of a mean one
+    decay_per_step = weight_decay * batch_size / kilostep_scale
+    for g in groups:
+        g_lr = base_lr * (norm_lr_scale if g.get("norm") else 1.0)
+        g["lr"] = g_lr
+        g["weight_decay"] = decay_per_step / g_lr if g.get("weight_decay", weight_decay) else 0.0
+    return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, nesterov=nesterov)
 
 
 def schedule(*, total_steps: int, warmup_steps: int, decay: Callable[[float], float]) -> Callable[[int], float]:
@@ -94,6 +145,27 @@ def multistep(
 def constant(optimizer: Optimizer, *, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0) -> LRScheduler:
     warm = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
     return LambdaLR(optimizer, schedule(total_steps=total_steps, warmup_steps=warm, decay=lambda t: 1.0))
+
+
+def triangle(
+    optimizer: Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    start: float = 0.2,
+    peak: float = 0.23,
+    end: float = 0.07,
+) -> LRScheduler:
+    """airbench's schedule: linear from ``start`` to 1 at ``peak`` of the steps, then linear to ``end``."""
+    top = int(peak * total_steps)
+
+    def factor(step: int) -> float:
+        step = min(step, total_steps)
+        if step < top:
+            return start + (1 - start) * step / top
+        return 1 + (end - 1) * (step - top) / max(1, total_steps - top)
+
+    return LambdaLR(optimizer, factor)
 
 
 def onecycle(

@@ -6,6 +6,7 @@ Each reads like a table of contents: check the config, build the parts, fit/test
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data.base import ClassificationDataModule
 from runs.checkpoint import load_checkpoint, stored_config
@@ -38,6 +39,7 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.output_dir)
 
     datamodule = build_datamodule(cfg.data, cfg.augment)
+    fractional_epochs(cfg, datamodule)
     net = build_net(cfg.model, compile=cfg.get("compile", False))
     finetune = instantiate(cfg.finetune) if cfg.get("finetune") else None
     if finetune is not None and finetune.is_plain:
@@ -108,6 +110,24 @@ def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None) -> Cl
     datamodule.check()
     datamodule.check_num_classes()
     return datamodule
+
+
+def fractional_epochs(cfg: DictConfig, datamodule: ClassificationDataModule) -> None:
+    """``train_epochs=9.9``: ``trainer.max_epochs`` = 10 and ``trainer.max_steps`` = ceil(9.9 * batches per
+    epoch of one process), so the schedule and the stop follow the fractional budget."""
+    epochs = cfg.get("train_epochs")
+    if epochs is None:
+        return
+    if not isinstance(epochs, int | float) or isinstance(epochs, bool) or epochs <= 0:
+        raise ValueError(f"train_epochs={epochs!r} must be a positive number of epochs, e.g. train_epochs=9.9")
+    datamodule.setup("fit")
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    processes = (devices if isinstance(devices, int) else 1) * (nodes if isinstance(nodes, int) else 1)
+    per_process = math.ceil(len(datamodule.train_set) / max(1, processes))
+    batches = per_process // datamodule.batch_size if per_process > datamodule.batch_size else 1  # drop_last
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = math.ceil(epochs)
+        cfg.trainer.max_steps = math.ceil(epochs * batches)
 
 
 def build_module(cfg: DictConfig, net: torch.nn.Module, finetune: FineTune | None = None) -> ClassificationModule:
