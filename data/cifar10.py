@@ -13,6 +13,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from data.base import ArrayDataset, ClassificationDataModule, resolve_size, seeded_split
+from data.subsets import check_classes, check_per_class, few_per_class, keep_classes
 
 FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -37,12 +38,26 @@ class CIFAR10DataModule(ClassificationDataModule):
     class_names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
     def __init__(
-        self, *, root: str, download: bool = False, val_size: float | int = 5000, split_seed: int = 0, **kwargs
+        self,
+        *,
+        root: str,
+        download: bool = False,
+        val_size: float | int = 5000,
+        split_seed: int = 0,
+        classes: list[int] | None = None,
+        train_per_class: int | None = None,
+        **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.download = download
         self.val_size, self.split_seed = val_size, split_seed
+        # A subset of the classes relabelled 0..k-1, and few-shot training sets (transfer learning, data/subsets.py).
+        self.classes = check_classes(classes, self.class_names)
+        if self.classes is not None:
+            self.num_classes = len(self.classes)
+            self.class_names = [self.class_names[c] for c in self.classes]
+        self.train_per_class = check_per_class(train_per_class)
 
     @property
     def folder(self) -> Path:
@@ -75,11 +90,15 @@ class CIFAR10DataModule(ClassificationDataModule):
         self.check()
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
-        images, targets = read_batches(self.folder, TRAIN_FILES)
+        images, targets = keep_classes(*read_batches(self.folder, TRAIN_FILES), self.classes)
         n = len(images)
         n_val = resolve_size(self.val_size, n, "data.val_size")
         val_idx, train_idx = seeded_split(n, (n_val, n - n_val), self.split_seed)
-        test_images, test_targets = read_batches(self.folder, TEST_FILES)
+        if self.train_per_class is not None:
+            train_idx = few_per_class(
+                train_idx, targets[train_idx], self.train_per_class, seed=self.seed, class_names=self.class_names
+            )
+        test_images, test_targets = keep_classes(*read_batches(self.folder, TEST_FILES), self.classes)
         return (
             ArrayDataset(images[train_idx], targets[train_idx], self.train_transform),
             ArrayDataset(images[val_idx], targets[val_idx], self.eval_transform),

@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 from data.base import ArrayDataset, ClassificationDataModule, resolve_size, seeded_split
+from data.subsets import check_classes, check_per_class, few_per_class, keep_classes
 
 
 def upsampled_digits(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,24 +49,16 @@ class DigitsDataModule(ClassificationDataModule):
         self.image_size = image_size
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         # A subset of the digits (e.g. 0-4 for pretraining, 5-9 for transfer), relabelled 0..k-1.
-        self.classes = list(classes) if classes is not None else None
+        self.classes = check_classes(classes, self.class_names)
         if self.classes is not None:
-            bad = [c for c in self.classes if c not in range(10)]
-            if bad or len(set(self.classes)) != len(self.classes):
-                raise ValueError(f"data.classes={self.classes} must be distinct digits in 0..9")
             self.num_classes = len(self.classes)
-            self.class_names = [str(c) for c in self.classes]
+            self.class_names = [self.class_names[c] for c in self.classes]
         # Few-shot training sets (transfer learning): this many labelled images per class, drawn with ``seed``.
-        if train_per_class is not None and int(train_per_class) < 1:
-            raise ValueError(f"data.train_per_class={train_per_class} must be a positive count (or null for all)")
-        self.train_per_class = int(train_per_class) if train_per_class is not None else None
+        self.train_per_class = check_per_class(train_per_class)
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         images, targets = digits_as_images(self.image_size)
-        if self.classes is not None:
-            keep = np.isin(targets, self.classes)
-            relabel = {c: i for i, c in enumerate(self.classes)}
-            images, targets = images[keep], np.array([relabel[t] for t in targets[keep]], dtype=np.int64)
+        images, targets = keep_classes(images, targets, self.classes)
         n = len(images)
         n_val, n_test = (
             resolve_size(self.val_size, n, "data.val_size"),
@@ -73,22 +66,11 @@ class DigitsDataModule(ClassificationDataModule):
         )
         test_idx, val_idx, train_idx = seeded_split(n, (n_test, n_val, n - n_test - n_val), self.split_seed)
         if self.train_per_class is not None:
-            train_idx = self._few_per_class(train_idx, targets[train_idx])
+            train_idx = few_per_class(
+                train_idx, targets[train_idx], self.train_per_class, seed=self.seed, class_names=self.class_names
+            )
         return (
             ArrayDataset(images[train_idx], targets[train_idx], self.train_transform),
             ArrayDataset(images[val_idx], targets[val_idx], self.eval_transform),
             ArrayDataset(images[test_idx], targets[test_idx], self.eval_transform),
         )
-
-    def _few_per_class(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        picked = []
-        for c in range(self.num_classes):
-            of_class = idx[targets == c]
-            if len(of_class) < self.train_per_class:
-                raise ValueError(
-                    f"data.train_per_class={self.train_per_class} but class {self.class_names[c]} has "
-                    f"only {len(of_class)} training images"
-                )
-            picked.append(rng.choice(of_class, self.train_per_class, replace=False))
-        return np.sort(np.concatenate(picked))

@@ -92,7 +92,9 @@ class AirbenchNet(StagedBackbone):
             setattr(self, name, nn.Sequential(group))
         self.stage_channels = dict(zip(self.stage_names, widths, strict=True))
         self.stage_strides = {"block1": 2, "block2": 4, "block3": 8}
-        self.whiten_initialised = False
+        # Whether the whitening holds data statistics: saved with the weights, so a net fine-tuned from a
+        # checkpoint keeps the whitening it was trained with (trainer.callbacks.WhiteningInit checks it).
+        self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
 
     @property
     def whiten(self) -> nn.Conv2d:
@@ -121,4 +123,4 @@ class AirbenchNet(StagedBackbone):
         filters = eigenvectors.reshape(c * k * k, c, k, k) / torch.sqrt(eigenvalues + eps).view(-1, 1, 1, 1)
         w.copy_(torch.cat([filters, -filters]).to(w.dtype))
         self.whiten.bias.zero_()
-        self.whiten_initialised = True
+        self.whitened.fill_(True)

@@ -13,6 +13,8 @@ import sys
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
+from tests.data_utils import write_cifar10
+
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
 
@@ -82,5 +84,24 @@ def test_nonlocal_compares_the_two_implementations(monkeypatch, capsys):
 @pytest.mark.slow
 def test_transfer_digits_prints_both_accuracies(monkeypatch, capsys, tmp_path):
     args = ["--seeds", "1", "--pretrain-epochs", "1", "--epochs", "1", "--out", str(tmp_path)]
-    out = run_bench("transfer_digits", args, monkeypatch, capsys)
+    out = run_bench("transfer", args, monkeypatch, capsys)
     assert re.fullmatch(r"finetune_acc=0\.\d{4} scratch_acc=0\.\d{4}", out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_transfer_cifar10_runs_the_airbench_recipe(monkeypatch, capsys, tmp_path):
+    write_cifar10(tmp_path / "data", n_per_batch=60, n_test=40)
+    args = ["--data", "cifar10", "--data-root", str(tmp_path / "data"), "--seeds", "1", "--per-class", "2"]
+    args += ["--widths", "4,8,8", "--steps", "2", "--modes", "none", "--out", str(tmp_path / "runs")]
+    out = run_bench("transfer", [*args, "train_epochs=0.2", "callbacks.whitening.num_images=50"], monkeypatch, capsys)
+    assert re.fullmatch(r"finetune_acc=[01]\.\d{4} scratch_acc=[01]\.\d{4}", out.strip().splitlines()[-1])
+
+
+def test_airbench_side_by_side_prints_the_ratio_line(monkeypatch, capsys, tmp_path):
+    write_cifar10(tmp_path / "data", n_per_batch=220, n_test=40)  # 1,100 images: one batch of 1024 a side
+    args = ["--data-root", str(tmp_path / "data"), "--widths", "4,8,8", "--epochs", "1", "--seeds", "1"]
+    args += ["--out", str(tmp_path / "runs"), "callbacks.whitening.num_images=50"]
+    out = run_bench("airbench", args, monkeypatch, capsys)
+    assert re.fullmatch(
+        rf"acc_ours=[01]\.\d{{4}} acc_ref=[01]\.\d{{4}} time_ratio={NUMBER}", out.strip().splitlines()[-1]
+    )

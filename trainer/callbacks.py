@@ -59,7 +59,8 @@ class History(pl.Callback):
 class WhiteningInit(pl.Callback):
     """airbench's patch-whitening first layer: set from ``num_images`` training images before the first step
     (``backbone.init_whitening``: normalised, not augmented, the first ones of the training split), its bias
-    trained for the first ``bias_epochs`` epochs only. A resumed run keeps the whitening of its checkpoint."""
+    trained for the first ``bias_epochs`` epochs only. A resumed run, and a net fine-tuned from pretrained
+    weights (``backbone.whitened`` is saved with them), keep the whitening they brought."""
 
     def __init__(self, *, num_images: int = 5000, eps: float = 5e-4, bias_epochs: int = 3) -> None:
         if num_images < 1 or bias_epochs < 0 or eps < 0:
@@ -83,10 +84,11 @@ class WhiteningInit(pl.Callback):
         self._backbone(pl_module)  # fails before any work when the model has no whitening layer
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0:
-            return  # resumed: the checkpoint holds the whitening it was trained with
+        backbone = self._backbone(pl_module)
+        if trainer.global_step > 0 or bool(backbone.whitened):
+            return  # resumed, or pretrained: the weights hold the whitening they were trained with
         images = trainer.datamodule.train_images(self.num_images).to(pl_module.device)  # (N, C, H, W)
-        self._backbone(pl_module).init_whitening(images, eps=self.eps)
+        backbone.init_whitening(images, eps=self.eps)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._backbone(pl_module).whiten.bias.requires_grad = trainer.current_epoch < self.bias_epochs
