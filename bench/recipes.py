@@ -1,0 +1,132 @@
+"""Re-run every recipe the README quotes and check its figure: ``python -m bench.recipes [--quick] [--only NAME]``.
+
+    python -m bench.recipes --cifar-root DIR            # the README's recipe table (hours on 2 CPU cores)
+    python -m bench.recipes --cifar-root DIR --quick    # reduced budgets with their own stated figures (<= 15 min)
+
+Each recipe is the exact ``train.py`` command the README shows (run in this process through ``train(cfg)``,
+the config train.py composes), over the seeds the README states. Prints per recipe the measured test accuracy
+(mean ± std over seeds) and training seconds beside the stated figure, and PASS when the measured mean lies
+within the stated mean ± max(2 x stated std, 0.005), FAIL otherwise. ``DIR`` holds ``cifar-10-batches-py``
+(the dev layout of ../shared/data/cifar10_dev.py: 40,000 training and 10,000 "dev test" images); without it the
+CIFAR-10 recipes are skipped and said so. This is the check to run before changing the training path; the
+README's figures come from its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.common import machine, table
+from runs.compose import compose_config
+
+QUIET = ["~callbacks.progress_bar", "~callbacks.lr_monitor", "+trainer.enable_progress_bar=false"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    overrides: tuple[str, ...]
+    seeds: tuple[int, ...]
+    stated_mean: float
+    stated_std: float
+    cifar: bool = False  # needs --cifar-root (data.root is added)
+    metric: str = "test/acc"
+    note: str = field(default="", compare=False)
+
+    def command(self) -> str:
+        seeds = ",".join(map(str, self.seeds))
+        root = " data.root=DIR" if self.cifar else ""
+        return f"python train.py -m {' '.join(self.overrides)}{root} seed={seeds}".replace("  ", " ")
+
+
+AIRBENCH = ("experiment=cifar10_airbench94",)
+# Stated figures: measured with this command on the 2-core CPU the README names (dev test for CIFAR-10).
+FULL = (
+    Recipe("default: LeNet, digits", (), (0, 1, 2), 0.9814, 0.0057),
+    Recipe("video_synthetic, CNN + LSTM", ("experiment=video_synthetic",), (0, 1, 2), 0.998, 0.003),
+    Recipe(
+        "airbench94, CPU-sized (widths 32/128/128, 9.9 epochs)",
+        (*AIRBENCH, "model.backbone.widths=[32,128,128]"),
+        (0, 1, 2),
+        0.0,
+        0.0,
+        cifar=True,
+    ),
+    Recipe("LeNet, CIFAR-10 (20 epochs)", ("model=lenet", "data=cifar10"), (0, 1, 2), 0.0, 0.0, cifar=True),
+)
+QUICK = (
+    Recipe("default: LeNet, digits", (), (0, 1, 2), 0.9814, 0.0057),
+    Recipe(
+        "airbench94, widths 16/32/32, 2 epochs",
+        (*AIRBENCH, "model.backbone.widths=[16,32,32]", "train_epochs=2"),
+        (0,),
+        0.0,
+        0.0,
+        cifar=True,
+    ),
+    Recipe(
+        "LeNet, CIFAR-10, 5 epochs", ("model=lenet", "data=cifar10", "trainer.max_epochs=5"), (0,), 0.0, 0.0, cifar=True
+    ),
+)
+
+
+def run(recipe: Recipe, seed: int, args: argparse.Namespace, run_dir: Path) -> dict:
+    from trainer.run import train
+
+    root = [f"data.root={args.cifar_root}"] if recipe.cifar else []
+    train(compose_config(*QUIET, *recipe.overrides, *root, f"seed={seed}", output_dir=run_dir))
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def verdict(recipe: Recipe, measured: float) -> str:
+    if recipe.stated_mean == 0.0:
+        return "(no stated figure)"
+    ok = abs(measured - recipe.stated_mean) <= max(2 * recipe.stated_std, 0.005)
+    return "PASS" if ok else "FAIL"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="reduced budgets (<= 15 min on 2 cores)")
+    parser.add_argument("--cifar-root", type=Path, default=None, help="folder holding cifar-10-batches-py")
+    parser.add_argument("--only", default=None, help="run the recipes whose name contains this text")
+    parser.add_argument("--out", type=Path, default=None, help="directory for the runs (default: temporary)")
+    args = parser.parse_args()
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning", "trainer", "runs"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    has_cifar = args.cifar_root is not None and (args.cifar_root / "cifar-10-batches-py").is_dir()
+    recipes = [r for r in (QUICK if args.quick else FULL) if not args.only or args.only in r.name]
+
+    rows, failed, start = [], 0, time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        for i, recipe in enumerate(recipes):
+            if recipe.cifar and not has_cifar:
+                rows.append([recipe.name, "skipped: no --cifar-root", "", "", ""])
+                continue
+            results = [run(recipe, s, args, out / f"{i}_seed{s}") for s in recipe.seeds]
+            accs = [r[recipe.metric] for r in results]
+            mean, std = statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else 0.0
+            seconds = statistics.mean(r["train_seconds"] for r in results)
+            stated = f"{recipe.stated_mean:.4f} ± {recipe.stated_std:.4f}" if recipe.stated_mean else "-"
+            result = verdict(recipe, mean)
+            failed += result == "FAIL"
+            rows.append([recipe.name, f"{mean:.4f} ± {std:.4f} (n={len(accs)})", stated, f"{seconds:.0f}", result])
+            print(f"{recipe.name}: {recipe.metric} {accs} -> {rows[-1][1]}, {seconds:.0f} s; {result}", flush=True)
+    budget = "quick" if args.quick else "full"
+    print(f"\n{machine('cpu')}; {budget} budgets, {time.perf_counter() - start:.0f} s in all")
+    print(table(["recipe", "measured", "stated", "train s", "check"], rows))
+    for recipe in recipes:
+        print(f"  {recipe.name}: {recipe.command()}")
+    print(f"recipes={len(rows)} failed={failed}")
+
+
+if __name__ == "__main__":
+    main()
