@@ -23,12 +23,20 @@ class StagedBackbone(nn.Module):
         stage_channels: output channels of each stage.
         stage_strides: spatial stride of each stage's output relative to the input.
         is_3d: True when the backbone consumes clips ``(B, C, T, H, W)`` itself.
+        stem_names: the children that run before the first stage (``("stem",)`` unless the wrapped network
+            keeps its stem layers apart, as torchvision's ResNet does to keep its state_dict keys).
+        pool_names: the children that pool the last stage in ``forward_pooled`` in place of global pooling.
+
+    Every child with parameters is a stage, an inserted block, or named in ``stem_names`` / ``pool_names``:
+    fine-tuning (trainer/finetune.py) groups parameters by these names and refuses one it cannot place.
     """
 
     stage_names: list[str]
     stage_channels: dict[str, int]
     stage_strides: dict[str, int]
     is_3d: bool = False
+    stem_names: tuple[str, ...] = ("stem",)
+    pool_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -97,6 +105,7 @@ class LeNet(StagedBackbone):
     stage_names = ["conv1", "conv2"]
     stage_channels = {"conv1": 6, "conv2": 16}
     stage_strides = {"conv1": 2, "conv2": 4}
+    pool_names = ("fc",)
 
     def __init__(self, *, in_chans: int = 3) -> None:
         super().__init__()
@@ -128,6 +137,7 @@ class ResNet(StagedBackbone):
     """
 
     stage_names = ["layer1", "layer2", "layer3", "layer4"]
+    stem_names = ("conv1", "bn1", "relu", "maxpool")  # torchvision's names, which pretrained weights use
 
     def __init__(self, *, depth: int = 18, small_input: bool = False, in_chans: int = 3) -> None:
         super().__init__()

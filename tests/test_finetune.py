@@ -2,6 +2,7 @@
 and BatchNorm statistics), unfreezing at the right epoch, and the per-epoch record of it all."""
 
 import csv
+import functools
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,13 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from models.backbones import LeNet, ResNet
+from models.backbones import VGG, LeNet, ResNet, VideoResNet
 from models.net import Net
 from models.nonlocal_block import NonLocalBlock
 from runs.checkpoint import net_state_dict
 from trainer.build import build_net
 from trainer.finetune import FineTune, net_groups
+from trainer.module import ClassificationModule
 from trainer.optim import cosine, no_decay_names
 from trainer.run import train
 
@@ -78,6 +80,27 @@ def test_groups_partition_the_net_from_stem_to_head():
     assert len(lenet[1].parameters()) == 2 + 4
 
 
+def test_every_backbone_is_grouped_by_its_declared_names():
+    vgg = net_groups(Net(backbone=VGG(depth=11), num_classes=3))  # an Identity stem: no stem group
+    assert [g.name for g in vgg] == ["stage1", "stage2", "stage3", "stage4", "stage5", "head"]
+    video_net = Net(backbone=VideoResNet(arch="r3d_18"), num_classes=3)
+    video = net_groups(video_net)
+    assert [g.name for g in video] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert video[0].modules == [video_net.backbone.stem]
+    assert video[-1].modules == [video_net.drop, video_net.head]
+
+
+def test_a_module_named_nowhere_is_refused_by_name():
+    net = Net(backbone=LeNet(), num_classes=3)
+    net.backbone.extra = torch.nn.Linear(2, 2)  # neither a stage nor in stem_names / pool_names
+    with pytest.raises(RuntimeError, match=r"no fine-tuning group: \['backbone.extra.weight', 'backbone.extra.bias'\]"):
+        net_groups(net)
+    net = Net(backbone=LeNet(), num_classes=3)
+    net.neck = torch.nn.Linear(2, 2)  # a part after the backbone missing from Net.post_backbone_names
+    with pytest.raises(RuntimeError, match="neck.weight.*Net.post_backbone_names"):
+        net_groups(net)
+
+
 def test_group_lrs_follow_layer_decay_and_keep_their_ratios_under_the_schedule():
     net = Net(backbone=ResNet(depth=18, small_input=True), num_classes=3)
     ft = FineTune(mode="none", backbone_lr_mult=0.5, layer_decay=0.8)
@@ -107,6 +130,37 @@ def test_group_lrs_follow_layer_decay_and_keep_their_ratios_under_the_schedule()
     assert 0 < head < 0.1
     for name, lr in by_group.items():
         assert lr == pytest.approx(head * expected[name] / 0.1)
+
+
+def test_the_module_builds_its_groups_from_its_own_lr_and_weight_decay(make_cfg):
+    net = Net(backbone=LeNet(), num_classes=3)
+    adamw = functools.partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.05)
+    ft = FineTune(mode="none", backbone_lr_mult=0.5, layer_decay=0.8)
+    module = ClassificationModule(net=net, optimizer=adamw, lr=3e-3, weight_decay=0.05, group_params=ft.param_groups)
+    opt = module.configure_optimizers()
+    expected = adamw(ft.param_groups(net, lr=3e-3, weight_decay=0.05, skip=no_decay_names(net))).param_groups
+    assert [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups] == [
+        {k: v for k, v in g.items() if k != "params"} for g in expected
+    ]
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == [[id(p) for p in g["params"]] for g in expected]
+    assert {g["group"]: g["lr"] for g in opt.param_groups}["conv1"] == pytest.approx(3e-3 * 0.5 * 0.8**2)
+    with pytest.raises(ValueError, match="module.lr is unset"):
+        ClassificationModule(net=net, optimizer=adamw, group_params=ft.param_groups).configure_optimizers()
+    sgd = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    plain = ClassificationModule(net=net, optimizer=sgd, lr=0.2, weight_decay=5e-4).configure_optimizers()
+    assert [(g["group"], g["lr"], g["weight_decay"], len(g["params"])) for g in plain.param_groups] == [
+        ("net", 0.2, 5e-4, 5),  # conv and linear weights: module.lr, not the optimizer's default
+        ("net", 0.2, 0.0, 5),  # their biases
+    ]
+    # The config gives the module the optimizer's values.
+    cfg = make_cfg("optimizer=sgd", "optimizer.lr=0.03")
+    assert (cfg.module.lr, cfg.module.weight_decay) == (0.03, cfg.optimizer.weight_decay) == (0.03, 5e-4)
+
+
+def test_a_module_built_for_evaluation_has_no_optimizer_and_says_so():
+    module = ClassificationModule(net=Net(backbone=LeNet(), num_classes=3))
+    with pytest.raises(ValueError, match="built without an optimizer .*pass optimizer="):
+        module.configure_optimizers()
 
 
 def test_gradual_unfreezes_one_stage_at_a_time_from_the_top():

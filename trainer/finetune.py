@@ -1,8 +1,9 @@
 """Fine-tuning schedules: which parts of the net train in each epoch, and at which learning rate.
 
-The net is cut into groups: ``stem`` (what the backbone runs before its first stage), one per backbone
-stage (with the blocks inserted after its residual blocks, and, for LeNet, the layers pooling its last
-stage), and ``head`` (everything after the backbone: fusion neck, ROI head, temporal module, classifier).
+The net is cut into groups, each from declared names (``net_groups``): ``stem`` (what the backbone runs
+before its first stage), one per backbone stage (with the blocks inserted after its residual blocks, and,
+for LeNet, the layers pooling its last stage), and ``head`` (everything after the backbone: fusion neck,
+ROI head, temporal module, classifier).
 Depth counts from the top: head 0, last stage 1, ..., stem N+1.
 
 * The optimizer gets every group from the start (``param_groups``), each with
@@ -33,7 +34,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import nn
 
-from models.backbones import StagedBackbone
+from models.net import Net
 from runs.plots import plot_finetune
 from trainer.optim import param_groups
 
@@ -55,33 +56,37 @@ class Group:
 
 
 def net_groups(net: nn.Module) -> list[Group]:
-    """The net's groups from stem to head (empty ones dropped); every parameter is in exactly one."""
-    backbone = getattr(net, "backbone", None)
-    if not isinstance(backbone, StagedBackbone):
+    """The net's groups from stem to head (empty ones dropped); every parameter is in exactly one.
+
+    Named, not inferred: the backbone's ``stem_names``, its ``stage_names`` (with the blocks inserted after
+    their blocks, and ``pool_names`` joining the last stage) and ``Net.post_backbone_names`` for the head.
+    Any other net is one group."""
+    if not isinstance(net, Net):
         return [Group("net", 0, [net], in_backbone=False)]
+    backbone = net.backbone
     stages = list(backbone.stage_names)
     members: dict[str, list[nn.Module]] = {s: [backbone.stage_blocks(s)] for s in stages}
-    stem: list[nn.Module] = []
-    after_stages = False
-    # Registration order tells what runs before the first stage (ResNet's conv1/bn1, a video stem) from
-    # what pools after the last one (LeNet's fully connected layers).
-    for name, child in backbone.named_children():
-        if name in stages:
-            after_stages = True
-        elif name != "inserted":
-            (members[stages[-1]] if after_stages else stem).append(child)
+    members[stages[-1]] += _children(backbone, backbone.pool_names)
     for key, module in backbone.inserted.items():
         members[key.rsplit("_", 1)[0]].append(module)
-    head = [child for name, child in net.named_children() if name != "backbone"]
     n = len(stages)
     groups = [
-        Group("stem", n + 1, stem, in_backbone=True),
+        Group("stem", n + 1, _children(backbone, backbone.stem_names), in_backbone=True),
         *(Group(s, n - i, members[s], in_backbone=True) for i, s in enumerate(stages)),
-        Group("head", 0, head, in_backbone=False),
+        Group("head", 0, _children(net, net.post_backbone_names), in_backbone=False),
     ]
     groups = [g for g in groups if g.parameters()]
     _check_partition(net, groups)
     return groups
+
+
+def _children(module: nn.Module, names: tuple[str, ...]) -> list[nn.Module]:
+    """The declared children of ``module`` (optional parts left out, None, are skipped)."""
+    children = [getattr(module, name) for name in names]
+    for name, child in zip(names, children, strict=True):
+        if child is not None and not isinstance(child, nn.Module):
+            raise TypeError(f"{type(module).__name__}.{name} is a {type(child).__name__}, not a module")
+    return [c for c in children if c is not None]
 
 
 def _check_partition(net: nn.Module, groups: list[Group]) -> None:
@@ -89,9 +94,16 @@ def _check_partition(net: nn.Module, groups: list[Group]) -> None:
     for g in groups:
         for p in g.parameters():
             counts[id(p)] = counts.get(id(p), 0) + 1
-    bad = [n for n, p in net.named_parameters() if counts.get(id(p)) != 1]
-    if bad:
-        raise RuntimeError(f"fine-tuning groups do not partition the net's parameters: {bad[:5]} (in 0 or 2+ groups)")
+    named = list(net.named_parameters())
+    missing = [n for n, p in named if id(p) not in counts]
+    if missing:
+        raise RuntimeError(
+            f"parameters in no fine-tuning group: {missing[:5]}{' ...' if len(missing) > 5 else ''}; name their "
+            "module in the backbone's stem_names or pool_names (models/backbones.py) or in Net.post_backbone_names"
+        )
+    shared = [n for n, p in named if counts[id(p)] > 1]
+    if shared:
+        raise RuntimeError(f"parameters in two or more fine-tuning groups: {shared[:5]}")
 
 
 class FineTune(pl.Callback):

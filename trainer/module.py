@@ -31,7 +31,9 @@ class ClassificationModule(pl.LightningModule):
         self,
         *,
         net: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr: float | None = None,
+        weight_decay: float = 0.0,
         scheduler: Callable[..., Any] | None = None,
         label_smoothing: float = 0.0,
         exclude_norm_bias_from_wd: bool = True,
@@ -49,6 +51,9 @@ class ClassificationModule(pl.LightningModule):
         self.save_hyperparameters({"config": run_config or {}}, logger=False)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # The base values the parameter groups are built from, given apart from the optimizer (the config
+        # interpolates the optimizer's): fine-tuning scales the lr per group; norms and biases get no decay.
+        self.lr, self.weight_decay = lr, weight_decay
         # Named per-stage groups with their own lrs (trainer.finetune.FineTune.param_groups), else decay/no-decay.
         self.group_params = group_params
         self.label_smoothing = label_smoothing
@@ -229,23 +234,29 @@ class ClassificationModule(pl.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        partial = self.optimizer_factory
-        weight_decay = getattr(partial, "keywords", {}).get("weight_decay", 0.0)
+        if self.optimizer_factory is None:
+            raise ValueError(
+                "this ClassificationModule was built without an optimizer (for evaluation): "
+                "pass optimizer= (a partial torch.optim optimizer, the `optimizer` config) to train it"
+            )
         skip = no_decay_names(self.net) if self.exclude_norm_bias_from_wd else set()
         if self.group_params is not None:
-            lr = getattr(partial, "keywords", {}).get("lr")
-            if lr is None:
-                raise ValueError("the optimizer config needs an lr (optimizer.lr): fine-tuning groups scale it")
-            groups = self.group_params(self.net, lr=lr, weight_decay=weight_decay, skip=skip)
+            if self.lr is None:
+                raise ValueError(
+                    "fine-tuning groups scale the base lr, and module.lr is unset: give the optimizer an lr "
+                    "(module.lr follows optimizer.lr) or set module.lr"
+                )
+            groups = self.group_params(self.net, lr=self.lr, weight_decay=self.weight_decay, skip=skip)
         else:
             groups = param_groups(
                 (("net." + n, p) for n, p in self.net.named_parameters()),
                 skip={"net." + n for n in skip},
-                weight_decay=weight_decay,
+                weight_decay=self.weight_decay,
                 norm={"net." + n for n in norm_names(self.net)} if self.norm_group else frozenset(),
                 group="net",  # one lr: one lr/net column in metrics.csv for the decayed and undecayed halves
+                **({} if self.lr is None else {"lr": self.lr}),  # without one, the optimizer's own default
             )
-        optimizer = partial(groups)
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

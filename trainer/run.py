@@ -85,7 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(stored.seed, workers=True)
     datamodule = build_datamodule(data_cfg, stored.augment)
     net = net_from_checkpoint(ckpt, cfg.ckpt_path, num_classes=datamodule.num_classes)
-    module = ClassificationModule(net=net, optimizer=torch.optim.SGD, run_config=ckpt["hyper_parameters"]["config"])
+    module = ClassificationModule(net=net, run_config=ckpt["hyper_parameters"]["config"])  # no optimizer: test only
     trainer = build_trainer(cfg)
     metrics = trainer.test(module, datamodule=datamodule)[0]
     results = {**metrics, "ckpt_path": str(cfg.ckpt_path), **run_metadata(cfg, datamodule)}
