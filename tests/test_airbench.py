@@ -208,3 +208,20 @@ def test_recipe_learns_digits(tmp_path):
     assert results["global_step"] == math.ceil(9.5 * steps_per_epoch)
     assert results["epochs"] == 10
     assert results["test/acc"] > 0.8, results["test/acc"]
+
+
+def test_decoupled_sgd_keeps_a_groups_own_lr_multiple():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = decoupled_sgd(
+        [dict(params=[a], lr=11.5, weight_decay=0.01), dict(params=[b], lr=1.15, weight_decay=0.01)],
+        lr=11.5,
+        momentum=0.85,
+        weight_decay=0.01,
+        batch_size=100,
+    )
+    lr_a, lr_b = (g["lr"] for g in opt.param_groups)
+    assert lr_a == pytest.approx(11.5 / (1024 * (1 + 1 / 0.15)) * 100) and lr_b == pytest.approx(lr_a / 10)
+    # the decay per step is the same whatever the lr
+    assert [g["lr"] * g["weight_decay"] for g in opt.param_groups] == pytest.approx(
+        [0.01 * 100 / (1024 / 0.15 + 1024)] * 2
+    )

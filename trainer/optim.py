@@ -75,7 +75,8 @@ def decoupled_sgd(
     and the decay per step is ``weight_decay * batch_size / 1024 / (1 + 1 / (1 - momentum))`` whatever ``lr``.
     airbench sums the loss over the batch; the loss here is a mean, so the lr carries the batch size instead
     (the same update). Groups marked ``norm`` (BatchNorm parameters) get ``norm_lr_scale`` times the lr
-    (airbench's bias_scaler, 64) and the same decay per step. A group's ``weight_decay`` of 0 stays 0.
+    (airbench's bias_scaler, 64) and the same decay per step. A group's ``weight_decay`` of 0 stays 0; a group
+    that brings its own ``lr`` (fine-tuning groups) gets that multiple of the decoupled lr.
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"optimizer.momentum={momentum} must be in [0, 1)")
@@ -83,7 +84,8 @@ def decoupled_sgd(
     base_lr = lr / kilostep_scale * batch_size  # per-example lr of a summed loss, times the batch of a mean one
     decay_per_step = weight_decay * batch_size / kilostep_scale
     for g in groups:
-        g_lr = base_lr * (norm_lr_scale if g.get("norm") else 1.0)
+        # A group's own lr (fine-tuning's per-stage multipliers) scales the decoupled one by the same ratio.
+        g_lr = base_lr * g.get("lr", lr) / lr * (norm_lr_scale if g.get("norm") else 1.0)
         g["lr"] = g_lr
         g["weight_decay"] = decay_per_step / g_lr if g.get("weight_decay", weight_decay) else 0.0
     return torch.optim.SGD(groups, lr=base_lr, momentum=momentum, nesterov=nesterov)
