@@ -1,19 +1,19 @@
-"""Feature extraction: ``extract(cfg)`` writes one vector per image, clip or box of an input to a folder.
+"""Feature extraction: ``extract(cfg)`` writes one vector per image, clip, box or video window to a folder.
 
 Flow: the net (from ``ckpt_path``, or built from ``model=<name>``) -> eval preprocessing (the checkpoint's
-data and augment.eval config, patched by ``data.<key>=...``) -> the input listing and its plan of rows
-(index.csv) -> features.npy preallocated (or reopened to resume) -> batches decoded by loader workers,
-embedded, written, progress saved after each -> per-video means (videos) and meta.json.
-See docs/extract.md for the formats.
+data and augment.eval config, patched by ``data.<key>=...``) -> the input listing -> the layers to write
+(one store each, all from one forward pass) -> this process's part (``shard=<i>/<n>``) ->
+``mode=clips``: the plan of rows (index.csv), features.npy preallocated (or reopened to resume), batches decoded
+by loader workers, embedded, written, progress saved after each; per-video means (videos) |
+``mode=dense``: windows covering each whole video, one ``(windows, D)`` file per video (features/dense.py)
+-> meta.json. See docs/extract.md for the formats.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import time
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -21,80 +21,274 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.transforms import Pipeline
-from features.inputs import list_sources
-from features.plans import Guarded, Plan, Preprocessing, box_plan, collate_items, image_plan, video_plan
-from features.store import FeatureStore, write_atomic
-from models.roi import roi_head
+from features.dense import DenseStore, WindowSpec, dense_index, fill_dense, npy_path, plan_videos
+from features.embed import POOLED, POOLS, Embedder, embed_numpy
+from features.inputs import Source, list_sources
+from features.plans import (
+    Guarded,
+    Plan,
+    Preprocessing,
+    box_plan,
+    collate_items,
+    image_plan,
+    video_box_plan,
+    video_plan,
+)
+from features.shards import batch_items, even_items, parse_shard, shard_dir
+from features.store import FeatureStore, write_atomic, write_video_means
 from runs.checkpoint import load_checkpoint, stored_config
 from trainer.build import build_net, net_from_checkpoint
 
 log = logging.getLogger(__name__)
-POOLS = ("avg", "max", "none")
+MODES = ("clips", "dense")
+PRECISIONS = ("auto", "32", "16")
 
 
 def extract(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) an extraction; returns what meta.json records."""
+    """Run (or resume) an extraction; returns what meta.json records (of the first layer's store)."""
+    if cfg.merge:
+        from features.merge import merge_output
+
+        return merge_output(cfg.output)[0]
     start_time = time.perf_counter()
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {MODES}")
     net, stored = load_net(cfg)
     prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
     kind, sources = list_sources(cfg.input, kind=cfg.kind)
-    plan = make_plan(cfg, kind, sources, prep)
+    layers, pools = resolve_layers(cfg, net)
+    shard = parse_shard(cfg.shard)
     device = resolve_device(cfg.device)
-    embedder = (
-        Embedder(
-            net,
-            layer=cfg.layer,
-            pool=cfg.pool,
-            roi_output_size=cfg.roi.output_size,
-            roi_sampling_ratio=cfg.roi.sampling_ratio,
-        )
-        .to(device)
-        .eval()
+    embedder = Embedder(
+        net,
+        layers=layers,
+        pools=pools,
+        roi_output_size=cfg.roi.output_size,
+        roi_sampling_ratio=cfg.roi.sampling_ratio,
     )
-    dim, map_shape = embedder.probe(plan.sample_shape, boxes=cfg.boxes is not None)
-    settings = run_settings(cfg, kind, prep, stored)
-    store = FeatureStore.open(cfg.output, plan, dim=dim, dtype=cfg.dtype, settings=settings, resume=cfg.resume)
+    embedder = embedder.to(device).eval()
+    common = run_settings(cfg, kind, prep, stored)
+    settings = {layer: {**common, "layer": layer, "pool": embedder.pools[layer]} for layer in layers}
+    out = Path(cfg.output)
+    dirs = {layer: out / layer if cfg.layers is not None else out for layer in layers}
+    run = extract_dense if cfg.mode == "dense" else extract_rows
+    metas = run(cfg, kind, sources, prep, embedder, settings, dirs, shard=shard, device=device)
+    seconds = round(time.perf_counter() - start_time, 3)
+    for layer, meta in metas.items():
+        meta.update(seconds=seconds, video_mean=bool(cfg.video_mean))
+        write_atomic(shard_dir(dirs[layer], shard) / "meta.json", json.dumps(meta, indent=1, default=str))
+    first = metas[layers[0]]
+    if first["failures"]:
+        log.warning("%d rows could not be read; see failures.csv in %s", first["failures"], out)
+    return first
+
+
+def extract_rows(
+    cfg: DictConfig,
+    kind: str,
+    sources: list[Source],
+    prep: Preprocessing,
+    embedder: Embedder,
+    settings: dict[str, dict[str, Any]],
+    dirs: dict[str, Path],
+    *,
+    shard: tuple[int, int] | None,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """One row per image, clip or box (``mode=clips``): one FeatureStore per layer."""
+    plan = make_plan(cfg, kind, sources, prep)
+    shapes = embedder.probe(plan.sample_shape, boxes=cfg.boxes is not None)
+    items = batch_items(plan.num_items, cfg.batch_size, shard)
+    stores = {
+        layer: FeatureStore.open(
+            shard_dir(dirs[layer], shard),
+            plan,
+            dim=shapes[layer][0],
+            dtype=cfg.dtype,
+            settings=settings[layer],
+            resume=cfg.resume,
+            items=items,
+            shard=shard,
+        )
+        for layer in embedder.layers
+    }
+    first = stores[embedder.layers[0]]
     log.info(
-        "%s: %d %s -> %d rows x %d (%s) in %s; %d rows done",
+        "%s: %d %s -> %d rows (items %d..%d) x %s (%s) in %s; %d items done",
         cfg.input,
         len(sources),
         kind,
         plan.num_rows,
-        dim,
+        items.start,
+        items.stop,
+        {layer: shape[0] for layer, shape in shapes.items()},
         cfg.dtype,
         cfg.output,
-        int(plan.offsets[store.done_items]),
+        first.done_items - items.start,
     )
     fill(
-        store,
+        stores,
         embedder,
         plan,
+        items,
         device=device,
+        half=use_half(cfg.precision, device),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         progress=cfg.progress,
         unit="clip" if kind == "videos" else "img",
+        desc=shard_desc(shard),
     )
-    store.write_failures()
-    if kind == "videos" and cfg.video_mean:
-        write_video_means(Path(cfg.output), plan, store.features, clips=prep.test_clips)
-    meta = {
-        **settings,
-        "rows": plan.num_rows,
-        "dim": dim,
-        "map_shape": map_shape,
-        "failures": len(store.state["failures"]),
-        "seconds": round(time.perf_counter() - start_time, 3),
+    metas = {}
+    for layer, store in stores.items():
+        store.write_failures()
+        if kind == "videos" and cfg.video_mean and cfg.boxes is None and shard is None:
+            write_video_means(store.out, plan.index, store.features, clips=prep.test_clips)
+        metas[layer] = {
+            **settings[layer],
+            "rows": len(store.features),
+            "dim": shapes[layer][0],
+            "map_shape": shapes[layer][1],
+            "failures": len(store.state["failures"]),
+        }
+    return metas
+
+
+def extract_dense(
+    cfg: DictConfig,
+    kind: str,
+    sources: list[Source],
+    prep: Preprocessing,
+    embedder: Embedder,
+    settings: dict[str, dict[str, Any]],
+    dirs: dict[str, Path],
+    *,
+    shard: tuple[int, int] | None,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """``mode=dense``: windows covering each video, ``<store>/<video>.npy`` per video and layer."""
+    if kind != "videos":
+        raise ValueError(f"mode=dense covers videos with windows; {cfg.input} holds {kind} (use mode=clips)")
+    if cfg.boxes is not None:
+        raise ValueError("boxes= (ROI tubes) gives one vector per box per clip: use mode=clips with boxes")
+    spec = window_spec(cfg, prep)
+    check_unique_outputs(sources)
+    items = even_items(len(sources), shard)
+    videos, failures = plan_videos(sources, items, spec, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    index = dense_index(videos)
+    shapes = embedder.probe((3, spec.stack, prep.crop_size, prep.crop_size), boxes=False)
+    stores = {
+        layer: DenseStore.open(
+            dirs[layer],
+            meta_dir=shard_dir(dirs[layer], shard),
+            index=index,
+            videos=videos,
+            failures=[dict(f) for f in failures],
+            settings=settings[layer],
+            dim=shapes[layer][0],
+            dtype=cfg.dtype,
+            shard=shard,
+            resume=cfg.resume,
+        )
+        for layer in embedder.layers
     }
-    write_atomic(Path(cfg.output) / "meta.json", json.dumps(meta, indent=1, default=str))
-    if meta["failures"]:
-        log.warning("%d rows could not be read; see %s", meta["failures"], Path(cfg.output) / "failures.csv")
-    return meta
+    windows = sum(len(v.windows) for v in videos)
+    log.info(
+        "%s: %d videos -> %d windows of %d frames every %d", cfg.input, len(videos), windows, spec.stack, spec.step
+    )
+    fill_dense(
+        stores,
+        embedder,
+        videos,
+        dataset_args={
+            "chunk": cfg.batch_size,
+            "short_side": prep.short_side,
+            "crop_size": prep.crop_size,
+            "transform": prep.transform,
+        },
+        dtype=cfg.dtype,
+        device=device,
+        half=use_half(cfg.precision, device),
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+        desc=shard_desc(shard),
+    )
+    return {
+        layer: {
+            **settings[layer],
+            "rows": windows,
+            "videos": len(videos),
+            "dim": shapes[layer][0],
+            "map_shape": shapes[layer][1],
+            "failures": len(store.state["failures"]),
+        }
+        for layer, store in stores.items()
+    }
+
+
+def window_spec(cfg: DictConfig, prep: Preprocessing) -> WindowSpec:
+    """``stack`` defaults to the net's clip length (``data.num_frames``), ``step`` to ``stack`` (no overlap)."""
+    stack = int(cfg.stack) if cfg.stack is not None else prep.num_frames
+    step = int(cfg.step) if cfg.step is not None else stack
+    return WindowSpec(stack=stack, step=step, fps=cfg.fps, keep_partial=bool(cfg.keep_partial))
+
+
+def check_unique_outputs(sources: list[Source]) -> None:
+    seen: dict[Path, str] = {}
+    for s in sources:
+        target = npy_path(Path(), s.rel)
+        if target in seen:
+            raise ValueError(
+                f"{seen[target]} and {s.rel} would both write {target}; rename one (mode=dense names each "
+                "video's file by its path without the extension)"
+            )
+        seen[target] = s.rel
+
+
+def shard_desc(shard: tuple[int, int] | None) -> str | None:
+    return None if shard is None else f"shard {shard[0]}/{shard[1]}"
+
+
+def resolve_layers(cfg: DictConfig, net: nn.Module) -> tuple[list[str], dict[str, str]]:
+    """The layers to write (``layers=[...]``: one store each in ``<output>/<layer>/``; else ``layer``) and the
+    pooling of each (``pool=<p>`` for every named stage, or ``pool={<stage>: <p>}``)."""
+    backbone = net.backbone
+    if cfg.layers is not None:
+        if cfg.layer is not None:
+            raise ValueError(f"layer={cfg.layer} and layers={list(cfg.layers)} are both set; keep one")
+        layers = [str(layer) for layer in cfg.layers]
+    elif cfg.layer is not None:
+        layers = [str(cfg.layer)]
+    else:
+        # ROI features pool a stage map: without a named layer, the last stage.
+        layers = [backbone.stage_names[-1] if cfg.boxes is not None else POOLED]
+    pool = cfg.pool
+    if isinstance(pool, str):
+        if layers == [POOLED]:
+            if pool != "avg":
+                raise ValueError(f"pool={pool} needs a named layer (layer=<stage>); embed pools by itself")
+            return layers, {}
+        return layers, {layer: pool for layer in layers if layer != POOLED}
+    pools = {str(k): str(v) for k, v in OmegaConf.to_container(pool).items()}
+    stray = sorted(set(pools) - set(layers))
+    if stray:
+        raise ValueError(f"pool names layers {stray} that are not extracted ({layers}); one of {POOLS} per layer")
+    return layers, pools
+
+
+def use_half(precision: str, device: torch.device) -> bool:
+    """``precision=auto``: float16 autocast on GPUs, float32 elsewhere; ``16`` / ``32`` force it."""
+    precision = str(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is unknown; choose one of {PRECISIONS}")
+    if precision == "16" and device.type != "cuda":
+        raise ValueError(f"precision=16 runs on GPUs; device={device} (use precision=auto or 32)")
+    return precision == "16" or (precision == "auto" and device.type == "cuda")
 
 
 # --- the net and its preprocessing --------------------------------------------------------------------------
@@ -161,7 +355,7 @@ def resolve_device(name: str) -> torch.device:
 def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) -> Plan:
     if kind == "videos":
         if cfg.boxes is not None:
-            raise ValueError("boxes= (ROI features) works on images; for videos leave boxes=null")
+            return video_box_plan(sources, prep, cfg.boxes, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
         return video_plan(sources, prep, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     if cfg.boxes is not None:
         return box_plan(sources, prep, cfg.boxes)
@@ -179,167 +373,70 @@ def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[s
         "ckpt_path": str(ckpt) if ckpt else None,
         "ckpt_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
         "model": model,
-        "layer": cfg.layer,
-        "pool": cfg.pool,
+        "mode": cfg.mode,
+        "windows": vars(window_spec(cfg, prep)) if cfg.mode == "dense" else None,
         "boxes": str(Path(cfg.boxes).resolve()) if cfg.boxes is not None else None,
         "roi": OmegaConf.to_container(cfg.roi) if cfg.boxes is not None else None,
         "preprocessing": {**prep_values, "transform": repr(prep.transform)},
     }
 
 
-# --- embedding ----------------------------------------------------------------------------------------------
-
-
-class Embedder(nn.Module):
-    """One vector per sample (or per box) from a trained net.
-
-    ``layer=None``: ``net.embed``. ``layer=<stage>``: that stage's map (clips on a 2D backbone: the
-    frames' maps averaged), pooled ``avg`` / ``max`` over space (and time), or ``none``: the map flattened
-    channel-major, ``(C, h, w)`` or ``(C, t, h, w)`` -> ``C*h*w`` (C*t*h*w). With boxes: roi_align (aligned,
-    spatial_scale 1/stride) of the stage (default: the last) to ``roi_output_size`` cells per box, pooled
-    the same way, one vector per box.
-    """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        *,
-        layer: str | None,
-        pool: str,
-        roi_output_size: int = 7,
-        roi_sampling_ratio: int = 2,
-    ) -> None:
-        super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"pool={pool!r} is unknown; choose one of {POOLS}")
-        if layer is None and pool != "avg":
-            raise ValueError(f"pool={pool} needs a named layer (layer=<stage>); embed pools by itself")
-        self.net, self.layer, self.pool = net, layer, pool
-        backbone = net.backbone
-        stage = layer or backbone.stage_names[-1]
-        backbone.stage_blocks(stage)  # validates the name against the backbone's stages
-        self.stage = stage
-        self.roi = roi_head(
-            backbone=backbone,
-            stage=stage,
-            op="align",
-            output_size=roi_output_size,
-            sampling_ratio=roi_sampling_ratio,
-        )
-
-    def stage_map(self, x: Tensor) -> Tensor:
-        backbone = self.net.backbone
-        if x.ndim == 5 and not backbone.is_3d:
-            b, c, t, h, w = x.shape
-            frames = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, C, H, W)
-            fmap = backbone.forward_stages(frames, [self.stage])[self.stage]  # (B*T, C', h, w)
-            return fmap.reshape(b, t, *fmap.shape[1:]).mean(1)  # (B, C', h, w)
-        return backbone.forward_stages(x, [self.stage])[self.stage]  # (B, C', [t,] h, w)
-
-    def pooled(self, fmap: Tensor) -> Tensor:
-        if self.pool == "avg":
-            return fmap.flatten(2).mean(-1)  # (N, C)
-        if self.pool == "max":
-            return fmap.flatten(2).amax(-1)  # (N, C)
-        return fmap.flatten(1)  # (N, C*h*w)
-
-    def forward(self, x: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
-        if boxes is not None:
-            if x.ndim != 4:
-                raise ValueError(f"ROI features need images (B, C, H, W); got {tuple(x.shape)}")
-            return self.pooled(self.roi.pool_cells(self.stage_map(x), boxes))  # (R, D)
-        if self.layer is None:
-            return self.net.embed(x)  # (B, D)
-        return self.pooled(self.stage_map(x))  # (B, D)
-
-    @torch.inference_mode()
-    def probe(self, sample_shape: tuple[int, ...], *, boxes: bool) -> tuple[int, list[int] | None]:
-        """Feature size D of one sample, and the shape of the map a row flattens (pool=none, else None)."""
-        device = next(self.parameters()).device
-        x = torch.zeros(1, *sample_shape, device=device)
-        box = [torch.tensor([[0.0, 0.0, sample_shape[-1], sample_shape[-2]]], device=device)] if boxes else None
-        dim = self(x, box).shape[-1]
-        if self.pool != "none":
-            return int(dim), None
-        fmap = self.roi.pool_cells(self.stage_map(x), box) if boxes else self.stage_map(x)
-        return int(dim), list(fmap.shape[1:])
-
-
 # --- the loop -----------------------------------------------------------------------------------------------
 
 
 def fill(
-    store: FeatureStore,
+    stores: dict[str, FeatureStore],
     embedder: Embedder,
     plan: Plan,
+    items: range,
     *,
     device: torch.device,
+    half: bool,
     batch_size: int,
     num_workers: int,
     progress: bool,
     unit: str,
+    desc: str | None = None,
 ) -> None:
-    """Decode, embed and write the items not done yet, saving progress after every batch.
+    """Decode, embed and write the ``items`` not done yet, saving progress after every batch.
 
-    Batches start at multiples of ``batch_size`` whether or not a run was resumed, so a resumed run computes
-    exactly the batches an uninterrupted one would (same batch size: byte-identical features).
+    Batches start at ``items.start`` plus multiples of ``batch_size`` whether or not a run was resumed (and
+    shards start on batch boundaries), so a resumed or sharded run computes exactly the batches an
+    uninterrupted single run would (same batch size: byte-identical features). Layer stores resume from
+    the one that lags; the others skip the batches they hold.
     """
-    if store.complete:
-        log.info("%s is complete; nothing to do", store.out)
+    start = min(store.done_items for store in stores.values())
+    if start >= items.stop:
+        log.info("%s is complete; nothing to do", ", ".join(str(s.out) for s in stores.values()))
         return
     loader = DataLoader(
-        Guarded(plan.dataset, start=store.done_items),
+        Guarded(plan.dataset, start=start, stop=items.stop),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_items,
         pin_memory=device.type == "cuda",
     )
-    with (
-        tqdm(
-            total=plan.num_items,
-            initial=store.done_items,
-            unit=unit,
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar,
-        torch.inference_mode(),
-    ):
+    with tqdm(
+        total=len(items),
+        initial=start - items.start,
+        unit=unit,
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=desc,
+    ) as bar:
         try:
             for batch in loader:
-                feats = np.zeros((0, store.features.shape[1]), np.float32)
+                feats = {}
                 if batch["input"] is not None:
-                    x = batch["input"].to(device, non_blocking=True)
-                    boxes = [b.to(device) for b in batch["boxes"]] if "boxes" in batch else None
-                    feats = embedder(x, boxes).float().cpu().numpy()  # (R, D)
-                store.write(batch["items"], feats, batch["errors"], batch["end"])
+                    feats = embed_numpy(embedder, batch["input"], batch.get("boxes"), device=device, half=half)
+                for layer, store in stores.items():
+                    empty = np.zeros((0, store.features.shape[1]), np.float32)
+                    store.write(batch["items"], feats.get(layer, empty), batch["errors"], batch["end"])
                 bar.update(len(batch["items"]) + len(batch["errors"]))
         except KeyboardInterrupt:
             log.warning(
                 "interrupted after %d of %d items; rerun the same command to resume",
-                store.done_items,
-                plan.num_items,
+                min(store.done_items for store in stores.values()) - items.start,
+                len(items),
             )
             raise
-
-
-def write_video_means(out: Path, plan: Plan, features: np.ndarray, *, clips: int, chunk: int = 1024) -> Path:
-    """``out/video_mean/``: one row per video, the mean of its clip rows (NaN for a video that failed); a
-    feature set of its own (features.npy + index.csv) that ``features.knn`` scores like any other."""
-    mean_dir = out / "video_mean"
-    mean_dir.mkdir(exist_ok=True)
-    num_videos = plan.num_rows // clips
-    means = np.lib.format.open_memmap(
-        mean_dir / "features.npy", mode="w+", dtype=features.dtype, shape=(num_videos, features.shape[1])
-    )
-    for v in range(0, num_videos, chunk):
-        block = np.asarray(features[v * clips : (v + chunk) * clips], dtype=np.float32)
-        means[v : v + chunk] = block.reshape(-1, clips, features.shape[1]).mean(1).astype(features.dtype)
-    means.flush()
-    buf = StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["row", "path", "label", "clips"])
-    for v in range(num_videos):
-        first = plan.index[v * clips]
-        writer.writerow([v, first["path"], first["label"], clips])
-    write_atomic(mean_dir / "index.csv", buf.getvalue())
-    return mean_dir

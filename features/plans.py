@@ -92,14 +92,7 @@ def image_plan(sources: list[Source], prep: Preprocessing) -> Plan:
 def box_plan(sources: list[Source], prep: Preprocessing, boxes_file: str) -> Plan:
     """One row per box of the boxes file (keys: paths relative to the input, as in index.csv)."""
     annotations = BoxAnnotations(boxes_file)
-    listed = {s.rel for s in sources}
-    unknown = sorted(set(annotations.boxes) - listed)
-    if len(unknown) == len(annotations.boxes):
-        raise ValueError(
-            f"{boxes_file}: none of its keys ({unknown[:3]}...) is a path of the input listing (e.g. "
-            f"{sorted(listed)[:3]}); keys must be paths relative to the input folder"
-        )
-    kept = [s for s in sources if s.rel in annotations.boxes]
+    kept = _annotated(sources, annotations, boxes_file)
     index, counts = [], []
     for s in kept:
         boxes = annotations.boxes[s.rel]
@@ -154,6 +147,60 @@ def video_plan(sources: list[Source], prep: Preprocessing, *, batch_size: int, n
     return Plan(columns, index, np.arange(len(index) + 1), _InputOnly(dataset), shape)
 
 
+def video_box_plan(
+    sources: list[Source], prep: Preprocessing, boxes_file: str, *, batch_size: int, num_workers: int
+) -> Plan:
+    """ROI tubes: ``test_clips`` clips per video named in the boxes file, one row per box per clip.
+
+    A video's boxes are ``(K, 4)`` (the same boxes in every frame) or tracks ``(K, N, 4)`` with a box in each of
+    its N frames; a clip takes the tracks' boxes at its own frames, so each box is followed through the clip.
+    """
+    annotations = BoxAnnotations(boxes_file)
+    kept = _annotated(sources, annotations, boxes_file)
+    sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
+    probes = DataLoader(Guarded(ProbeItems(kept)), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    index, counts, clips = [], [], []
+    for probe in (p for batch in probes for p in batch):
+        source = kept[probe["item"]]
+        boxes = annotations.boxes[source.rel]
+        if "error" in probe:
+            spans = [None] * prep.test_clips
+        else:
+            n, fps = probe["num_frames"], probe["fps"]
+            if boxes.ndim == 3 and boxes.shape[1] != n:
+                raise BoxError(
+                    f"{boxes_file} [{source.rel}]: tracks have boxes for {boxes.shape[1]} frames but the video has "
+                    f"{n}; give a box for every frame (K, {n}, 4), or (K, 4) boxes for all frames"
+                )
+            spans = sampler.uniform_clips(n, fps, prep.test_clips)
+        for c, span in enumerate(spans):
+            fields = {"path": source.rel, "label": source.label, "clip": c}
+            if span is not None:
+                first, last = int(span[0]), int(span[-1])
+                fields.update(
+                    start_frame=first, end_frame=last, start_s=round(first / fps, 6), end_s=round((last + 1) / fps, 6)
+                )
+            index += [{**fields, "box": k} for k in range(len(boxes))]
+            counts.append(len(boxes))
+            clips.append((source, span))
+    dataset = VideoBoxItems(clips, annotations, crop_size=prep.crop_size, transform=prep.transform)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    columns = ["row", "path", "label", "clip", "box", "start_frame", "end_frame", "start_s", "end_s"]
+    return Plan(columns, index, offsets, dataset, (3, prep.num_frames, prep.crop_size, prep.crop_size))
+
+
+def _annotated(sources: list[Source], annotations: BoxAnnotations, boxes_file: str) -> list[Source]:
+    """The sources the boxes file names (its keys: paths relative to the input, as in index.csv)."""
+    listed = {s.rel for s in sources}
+    unknown = sorted(set(annotations.boxes) - listed)
+    if len(unknown) == len(annotations.boxes):
+        raise ValueError(
+            f"{boxes_file}: none of its keys ({unknown[:3]}...) is a path of the input listing (e.g. "
+            f"{sorted(listed)[:3]}); keys must be paths relative to the input folder"
+        )
+    return [s for s in sources if s.rel in annotations.boxes]
+
+
 # --- datasets -----------------------------------------------------------------------------------------------
 
 
@@ -190,6 +237,40 @@ class ImageItems(Dataset):
         return {"input": self.transform(image), "boxes": boxes * scale}
 
 
+class VideoBoxItems(Dataset):
+    """Clips ``(source, frame numbers)`` with their boxes: the frames resized to ``crop_size`` squared (no crop,
+    so no box is cut off, as for images) and the boxes, checked against the frame size, scaled with them:
+    ``(K, 4)`` for all frames, or ``(K, T, 4)`` taken from the tracks at the clip's frames."""
+
+    def __init__(
+        self,
+        clips: list[tuple[Source, np.ndarray | None]],
+        annotations: BoxAnnotations,
+        *,
+        crop_size: int,
+        transform: Callable,
+    ) -> None:
+        self.clips, self.annotations, self.size, self.transform = clips, annotations, crop_size, transform
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        source, frames = self.clips[i]
+        if frames is None:
+            raise VideoReadError(f"{source.path}: the video could not be probed")
+        with VideoReader(source.path) as video:
+            clip = video.read(frames)  # (T, H, W, 3) at the file's size
+            w, h = video.meta.width, video.meta.height
+        boxes = self.annotations.get(source.rel, width=w, height=h)  # (K, 4) or (K, N, 4), frame pixels
+        if boxes.ndim == 3:
+            boxes = boxes[:, torch.from_numpy(np.asarray(frames))]  # (K, T, 4)
+        size = self.size
+        resized = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in clip])
+        scale = torch.tensor([size / w, size / h, size / w, size / h])
+        return {"input": self.transform(resized), "boxes": boxes * scale}
+
+
 class ProbeItems(Dataset):
     """Frame count and frame rate of each video (headers only; no frame is decoded)."""
 
@@ -218,14 +299,15 @@ class _InputOnly(Dataset):
 
 
 class Guarded(Dataset):
-    """Items ``start``.. of ``dataset`` as ``{"item": i, **sample}``, or ``{"item": i, "error": message}``
+    """Items ``start``..``stop`` of ``dataset`` as ``{"item": i, **sample}``, or ``{"item": i, "error": message}``
     when the file cannot be read, so one bad file costs its rows, not the job."""
 
-    def __init__(self, dataset: Dataset, *, start: int = 0) -> None:
+    def __init__(self, dataset: Dataset, *, start: int = 0, stop: int | None = None) -> None:
         self.dataset, self.start = dataset, start
+        self.stop = len(dataset) if stop is None else stop
 
     def __len__(self) -> int:
-        return len(self.dataset) - self.start
+        return max(self.stop - self.start, 0)
 
     def __getitem__(self, j: int) -> dict[str, Any]:
         i = self.start + j

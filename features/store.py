@@ -8,6 +8,11 @@
 
 A rerun with the same settings reads progress.json and continues after the last finished item; other
 settings are refused (or overwritten with ``resume=false``).
+
+A shard (``shard=<i>/<n>``, features/shards.py) is a store of its own in ``<output>/shard-<i>-of-<n>/`` that
+holds a contiguous part of the items: the rows of its items (index.csv keeps the rows' global numbers) and
+its progress.json records the shard and the feature size, so that ``features.merge`` can rebuild the files
+a single-process run writes.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ def write_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
-def index_text(plan: Plan) -> str:
+def index_text(plan: Plan, rows: range | None = None) -> str:
+    """index.csv of the plan's ``rows`` (all by default), each with its global row number."""
+    rows = range(plan.num_rows) if rows is None else rows
     buf = StringIO()
     writer = csv.DictWriter(buf, fieldnames=plan.columns, lineterminator="\n")
     writer.writeheader()
-    for row, fields in enumerate(plan.index):
-        writer.writerow({"row": row, **fields})
+    for row in rows:
+        writer.writerow({"row": row, **plan.index[row]})
     return buf.getvalue()
 
 
@@ -50,8 +57,9 @@ def fingerprint(settings: dict[str, Any], index: str) -> str:
 class FeatureStore:
     """features.npy + progress of one output folder; ``open`` starts it or picks up an unfinished one."""
 
-    def __init__(self, out: Path, plan: Plan, features: np.ndarray, state: dict[str, Any]) -> None:
-        self.out, self.plan, self.features, self.state = out, plan, features, state
+    def __init__(self, out: Path, plan: Plan, features: np.ndarray, state: dict[str, Any], items: range) -> None:
+        self.out, self.plan, self.features, self.state, self.items = out, plan, features, state, items
+        self.row0 = int(plan.offsets[items.start])
 
     @classmethod
     def open(
@@ -63,13 +71,21 @@ class FeatureStore:
         dtype: str,
         settings: dict[str, Any],
         resume: bool = True,
+        items: range | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> FeatureStore:
+        """``items``: the part of the plan this store holds (a shard's; all by default)."""
+        items = range(plan.num_items) if items is None else items
         if dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(DTYPES)}")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        index = index_text(plan)
-        key = fingerprint({**settings, "dim": dim, "dtype": dtype}, index)
+        rows = range(int(plan.offsets[items.start]), int(plan.offsets[items.stop]))
+        index = index_text(plan, rows)
+        shard_info = (
+            {"shard": list(shard), "items": [items.start, items.stop], "dim": dim, "dtype": dtype} if shard else {}
+        )
+        key = fingerprint({**settings, "dim": dim, "dtype": dtype, **shard_info}, index)
         progress = out / "progress.json"
         if resume and progress.is_file():
             state = json.loads(progress.read_text())
@@ -80,15 +96,17 @@ class FeatureStore:
                     f"or resume=false to overwrite it"
                 )
             features = np.lib.format.open_memmap(out / "features.npy", mode="r+")
-            return cls(out, plan, features, state)
+            return cls(out, plan, features, state, items)
         for stale in ("features.npy", "failures.csv", "progress.json"):
             (out / stale).unlink(missing_ok=True)
         write_atomic(out / "index.csv", index)
         features = np.lib.format.open_memmap(
-            out / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(plan.num_rows, dim)
+            out / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=(len(rows), dim)
         )
-        state = {"fingerprint": key, "settings": settings, "done_items": 0, "failures": []}
-        store = cls(out, plan, features, state)
+        state = {"fingerprint": key, "settings": settings, "done_items": items.start, "failures": []}
+        if shard:
+            state["shard"] = shard_info  # what features.merge needs (a single-process store has no such key)
+        store = cls(out, plan, features, state, items)
         store._save()
         return store
 
@@ -98,19 +116,22 @@ class FeatureStore:
 
     @property
     def complete(self) -> bool:
-        return self.done_items >= self.plan.num_items
+        return self.done_items >= self.items.stop
 
     def write(self, items: list[int], feats: np.ndarray, errors: list[tuple[int, str]], end: int) -> None:
         """Store the features of ``items`` (rows in item order, ``feats`` (R, D)), NaN the rows of failed
-        items, then mark every item before ``end`` done."""
+        items, then mark every item before ``end`` done. A batch this store already holds (several layer
+        stores resume from the one that lags) is skipped."""
+        if end <= self.done_items:
+            return
         offsets = self.plan.offsets
         rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items]) if items else np.zeros(0, int)
         if len(rows) != len(feats):
             raise RuntimeError(f"{len(feats)} feature rows for {len(rows)} planned rows of items {items[:5]}...")
-        self.features[rows] = feats.astype(self.features.dtype, copy=False)
+        self.features[rows - self.row0] = feats.astype(self.features.dtype, copy=False)
         for item, message in errors:
             start, stop = offsets[item], offsets[item + 1]
-            self.features[start:stop] = np.nan
+            self.features[start - self.row0 : stop - self.row0] = np.nan
             path = self.plan.index[start]["path"] if stop > start else ""
             self.state["failures"] += [{"row": int(r), "path": path, "error": message} for r in range(start, stop)]
         self.features.flush()  # the rows are on disk before progress.json says so
@@ -129,3 +150,28 @@ class FeatureStore:
 
     def _save(self) -> None:
         write_atomic(self.out / "progress.json", json.dumps(self.state, indent=1))
+
+
+def write_video_means(
+    out: Path, index: list[dict[str, Any]], features: np.ndarray, *, clips: int, chunk: int = 1024
+) -> Path:
+    """``out/video_mean/``: one row per video, the mean of its ``clips`` rows (NaN for a video that failed);
+    a feature set of its own (features.npy + index.csv) that ``features.knn`` scores like any other."""
+    mean_dir = out / "video_mean"
+    mean_dir.mkdir(exist_ok=True)
+    num_videos = len(index) // clips
+    means = np.lib.format.open_memmap(
+        mean_dir / "features.npy", mode="w+", dtype=features.dtype, shape=(num_videos, features.shape[1])
+    )
+    for v in range(0, num_videos, chunk):
+        block = np.asarray(features[v * clips : (v + chunk) * clips], dtype=np.float32)
+        means[v : v + chunk] = block.reshape(-1, clips, features.shape[1]).mean(1).astype(features.dtype)
+    means.flush()
+    buf = StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "path", "label", "clips"])
+    for v in range(num_videos):
+        first = index[v * clips]
+        writer.writerow([v, first["path"], first["label"], clips])
+    write_atomic(mean_dir / "index.csv", buf.getvalue())
+    return mean_dir
