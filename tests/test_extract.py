@@ -244,3 +244,73 @@ def test_extract_script_from_a_file_list(tmp_path):
     index = read_index(tmp_path / "out")
     assert [(r["path"], r["label"]) for r in index] == [(f, str(i % 2)) for i, f in enumerate(files)]
     assert np.load(tmp_path / "out" / "features.npy", mmap_mode="r").shape == (4, 84)
+
+
+def test_several_layers_in_one_pass_equal_single_layer_runs(make_cfg, tmp_path):
+    write_digits(tmp_path / "in", np.arange(10))
+    common = ["batch_size=4"]
+    lenet_digits(make_cfg, tmp_path, *common, "layers=[conv1,conv2,pooled]", "pool={conv1: max, conv2: none}")
+    singles = {"conv1": ["layer=conv1", "pool=max"], "conv2": ["layer=conv2", "pool=none"], "pooled": []}
+    for layer, overrides in singles.items():
+        meta = lenet_digits(make_cfg, tmp_path, *common, *overrides, out=f"single_{layer}")
+        for name in ("features.npy", "index.csv", "progress.json"):
+            together = (tmp_path / "out" / layer / name).read_bytes()
+            assert together == (tmp_path / f"single_{layer}" / name).read_bytes(), (layer, name)
+        saved = json.loads((tmp_path / "out" / layer / "meta.json").read_text())
+        assert saved["dim"] == meta["dim"] and saved["map_shape"] == meta["map_shape"]
+    assert np.load(tmp_path / "out" / "conv2" / "features.npy").shape == (10, 16 * 6 * 6)
+
+
+def test_one_forward_pass_serves_every_layer(make_cfg):
+    from features.embed import Embedder
+
+    net = build_net(make_cfg("model=lenet", "input=x", "output=y", config_name="extract").model).eval()
+    calls = []
+    net.backbone.conv1[0].register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape))
+    embedder = Embedder(net, layers=["conv1", "conv2", "pooled"], pools={})
+    with torch.no_grad():
+        feats = embedder(torch.randn(2, 3, 32, 32))
+    assert len(calls) == 1 and {k: tuple(v.shape) for k, v in feats.items()} == {
+        "conv1": (2, 6),
+        "conv2": (2, 16),
+        "pooled": (2, 84),
+    }
+
+
+def test_roi_tubes_follow_tracks_through_each_clip(make_cfg, tmp_path):
+    from tests.video_utils import make_video
+
+    make_video(tmp_path / "in" / "v.mp4", 12)  # 48x32 frames
+    tracks = [[[t, 0, 16 + t, 16] for t in range(12)], [[0, 8, 48, 32]] * 12]  # (K=2, T=12, 4): one moves
+    (tmp_path / "boxes.json").write_text(json.dumps({"v.mp4": tracks}))
+    meta = lenet_digits(
+        make_cfg,
+        tmp_path,
+        f"boxes={tmp_path / 'boxes.json'}",
+        "layer=conv1",
+        "data.num_frames=4",
+        "data.frame_stride=2",
+        "data.test_clips=2",
+    )
+    index = read_index(tmp_path / "out")
+    assert meta["rows"] == 4 and [(r["clip"], r["box"], r["start_frame"]) for r in index] == [
+        ("0", "0", "0"),
+        ("0", "1", "0"),
+        ("1", "0", "5"),
+        ("1", "1", "5"),
+    ]
+    torch.manual_seed(0)
+    net = build_net(make_cfg("model=lenet", "input=x", "output=y", config_name="extract").model).eval()
+    frames = read_all(tmp_path / "in" / "v.mp4")  # (12, 32, 48, 3)
+    features = np.load(tmp_path / "out" / "features.npy")
+    scale = torch.tensor([32 / 48, 1.0, 32 / 48, 1.0])
+    for clip, start in ((0, 0), (1, 5)):
+        ids = [start + 2 * k for k in range(4)]
+        resized = np.stack([np.asarray(Image.fromarray(f).resize((32, 32), Image.BILINEAR)) for f in frames[ids]])
+        x = Pipeline(mean=[0.2] * 3, std=[0.35] * 3)(resized).transpose(0, 1)  # (4, 3, 32, 32): the frames
+        with torch.no_grad():
+            fmap = net.backbone.forward_stages(x, ["conv1"])["conv1"]  # (4, 6, 16, 16)
+        boxes = torch.tensor(tracks, dtype=torch.float32)[:, ids] * scale  # (2, 4, 4)
+        cells = roi_align(fmap, list(boxes.transpose(0, 1)), 7, spatial_scale=0.5, sampling_ratio=2, aligned=True)
+        expected = cells.reshape(4, 2, 6, 7, 7).mean(0).mean((2, 3))  # per box: frames averaged, then cells
+        np.testing.assert_allclose(features[2 * clip : 2 * clip + 2], expected.numpy(), rtol=1e-4, atol=1e-6)
