@@ -80,7 +80,7 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
     metas = run(cfg, kind, sources, prep, embedder, settings, dirs, shard=shard, device=device)
     seconds = round(time.perf_counter() - start_time, 3)
     for layer, meta in metas.items():
-        meta.update(seconds=seconds, video_mean=bool(cfg.video_mean))
+        meta.update(seconds=seconds, video_mean=bool(cfg.video_mean), layers=layers)
         write_atomic(shard_dir(dirs[layer], shard) / "meta.json", json.dumps(meta, indent=1, default=str))
     first = metas[layers[0]]
     if first["failures"]:
