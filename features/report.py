@@ -210,9 +210,11 @@ def projection_2d(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, st
     if method in ("auto", "umap"):
         try:
             import umap
-        except ImportError:
+        except ImportError as err:
             if method == "umap":
-                raise ImportError("projection=umap needs umap-learn (pip install umap-learn); or projection=pca")
+                raise ImportError(
+                    "projection=umap needs umap-learn (pip install umap-learn), or use projection=pca"
+                ) from err
         else:
             return umap.UMAP(n_components=2, random_state=seed).fit_transform(x), "UMAP"
     return PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
@@ -338,9 +340,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise SystemExit("usage: python -m features.report features=<dir>|[<dir>,<dir>] output=<dir> [baseline=pixels]")
     result = report(cfg)
     for name, s in result["stores"].items():
-        print(
-            f"{name}: k-NN@{cfg.k[0]} {s[f'knn@{cfg.k[0]}/acc']:.4f}  probe {s['probe/acc']:.4f}  mAP@R {s['map@r']:.4f}"
-        )
+        knn = s[f"knn@{cfg.k[0]}/acc"]
+        print(f"{name}: k-NN@{cfg.k[0]} {knn:.4f}  probe {s['probe/acc']:.4f}  mAP@R {s['map@r']:.4f}")
     print(f"-> {Path(cfg.output) / 'report.md'}")
     return result
 
