@@ -133,7 +133,17 @@ class WindowSpec:
 
 
 def npy_path(out: Path, rel: str) -> Path:
-    return out / Path(rel).with_suffix(".npy")
+    """``<out>/<rel without its extension>.npy``; an absolute listed path loses its root, so every file stays
+    inside ``out``."""
+    path = Path(rel)
+    if path.is_absolute():
+        path = path.relative_to(path.anchor)
+    if ".." in path.parts:
+        raise ValueError(
+            f"{rel}: mode=dense writes each video's features at <output>/<its listed path>.npy, which must not "
+            "climb out of the output folder ('..'); list the videos by paths below the list's folder, or absolute"
+        )
+    return out / path.with_suffix(".npy")
 
 
 # --- reading ------------------------------------------------------------------------------------------------
