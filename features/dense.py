@@ -42,7 +42,7 @@ from tqdm import tqdm
 from data.video.decode import VideoReadError
 from features.embed import Embedder, embed_numpy
 from features.inputs import Source
-from features.plans import Guarded
+from features.plans import Guarded, probe_loader
 from features.store import DTYPES, fingerprint, write_atomic
 from runs.atomic import atomic_open
 
@@ -351,11 +351,11 @@ def dense_index(videos: list[DenseVideo]) -> str:
 
 
 def plan_videos(
-    sources: list[Source], items: range, spec: WindowSpec, *, batch_size: int, num_workers: int
+    sources: list[Source], items: range, spec: WindowSpec, *, num_workers: int
 ) -> tuple[list[DenseVideo], list[dict[str, Any]]]:
     """The windows of the videos ``items`` of ``sources``, and the videos that could not be probed."""
     part = sources[items.start : items.stop]
-    probes = DataLoader(Guarded(ProbeFrames(part)), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    probes = probe_loader(ProbeFrames(part), num_workers=num_workers)
     videos, failures = [], []
     for probe in (p for batch in probes for p in batch):
         item = items.start + probe["item"]

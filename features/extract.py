@@ -179,7 +179,7 @@ def extract_dense(
     spec = window_spec(cfg, prep)
     check_unique_outputs(sources)
     items = even_items(len(sources), shard)
-    videos, failures = plan_videos(sources, items, spec, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    videos, failures = plan_videos(sources, items, spec, num_workers=cfg.num_workers)
     index = dense_index(videos)
     shapes = embedder.probe((3, spec.stack, prep.crop_size, prep.crop_size), boxes=False)
     stores = {
@@ -355,8 +355,8 @@ def resolve_device(name: str) -> torch.device:
 def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) -> Plan:
     if kind == "videos":
         if cfg.boxes is not None:
-            return video_box_plan(sources, prep, cfg.boxes, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-        return video_plan(sources, prep, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+            return video_box_plan(sources, prep, cfg.boxes, num_workers=cfg.num_workers)
+        return video_plan(sources, prep, num_workers=cfg.num_workers)
     if cfg.boxes is not None:
         return box_plan(sources, prep, cfg.boxes)
     return image_plan(sources, prep)

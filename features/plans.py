@@ -109,11 +109,11 @@ def box_plan(sources: list[Source], prep: Preprocessing, boxes_file: str) -> Pla
     return Plan(columns, index, offsets, dataset, (3, prep.image_size, prep.image_size))
 
 
-def video_plan(sources: list[Source], prep: Preprocessing, *, batch_size: int, num_workers: int) -> Plan:
+def video_plan(sources: list[Source], prep: Preprocessing, *, num_workers: int) -> Plan:
     """``test_clips`` rows per video with each clip's frame span; a video that cannot be probed keeps empty
     spans (its rows then fail in extraction and land in failures.csv)."""
     sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
-    probes = DataLoader(Guarded(ProbeItems(sources)), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    probes = probe_loader(ProbeItems(sources), num_workers=num_workers)
     index = []
     for probe in (p for batch in probes for p in batch):
         source = sources[probe["item"]]
@@ -147,9 +147,7 @@ def video_plan(sources: list[Source], prep: Preprocessing, *, batch_size: int, n
     return Plan(columns, index, np.arange(len(index) + 1), _InputOnly(dataset), shape)
 
 
-def video_box_plan(
-    sources: list[Source], prep: Preprocessing, boxes_file: str, *, batch_size: int, num_workers: int
-) -> Plan:
+def video_box_plan(sources: list[Source], prep: Preprocessing, boxes_file: str, *, num_workers: int) -> Plan:
     """ROI tubes: ``test_clips`` clips per video named in the boxes file, one row per box per clip.
 
     A video's boxes are ``(K, 4)`` (the same boxes in every frame) or tracks ``(K, N, 4)`` with a box in each of
@@ -158,7 +156,7 @@ def video_box_plan(
     annotations = BoxAnnotations(boxes_file)
     kept = _annotated(sources, annotations, boxes_file)
     sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
-    probes = DataLoader(Guarded(ProbeItems(kept)), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    probes = probe_loader(ProbeItems(kept), num_workers=num_workers)
     index, counts, clips = [], [], []
     for probe in (p for batch in probes for p in batch):
         source = kept[probe["item"]]
@@ -199,6 +197,18 @@ def _annotated(sources: list[Source], annotations: BoxAnnotations, boxes_file: s
             f"{sorted(listed)[:3]}); keys must be paths relative to the input folder"
         )
     return [s for s in sources if s.rel in annotations.boxes]
+
+
+PROBES_PER_WORKER = 64
+
+
+def probe_loader(dataset: Dataset, *, num_workers: int) -> DataLoader:
+    """Batches (lists) of guarded probes. Probing reads headers only (milliseconds a file), so starting
+    worker processes pays only for long listings: fewer than ``PROBES_PER_WORKER`` files per worker are
+    probed in this process; otherwise each worker takes batches of about a sixteenth of its share."""
+    workers = num_workers if len(dataset) >= PROBES_PER_WORKER * max(num_workers, 1) else 0
+    batch = max(1, min(256, len(dataset) // (16 * max(workers, 1))))
+    return DataLoader(Guarded(dataset), batch_size=batch, num_workers=workers, collate_fn=list)
 
 
 # --- datasets -----------------------------------------------------------------------------------------------

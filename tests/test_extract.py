@@ -314,3 +314,21 @@ def test_roi_tubes_follow_tracks_through_each_clip(make_cfg, tmp_path):
         cells = roi_align(fmap, list(boxes.transpose(0, 1)), 7, spatial_scale=0.5, sampling_ratio=2, aligned=True)
         expected = cells.reshape(4, 2, 6, 7, 7).mean(0).mean((2, 3))  # per box: frames averaged, then cells
         np.testing.assert_allclose(features[2 * clip : 2 * clip + 2], expected.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_extract_bench_prints_both_ratios(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    args = ["--images", "8", "--videos", "1", "--repeats", "1", "--workers", "0", "--image-size", "32"]
+    monkeypatch.setattr(sys, "argv", ["bench/extract.py", *args])
+    try:
+        runpy.run_module("bench.extract", run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ratio=" in line]
+    assert [line.split(":")[0] for line in lines] == ["images", "videos"], lines
+    assert "8 images" in lines[0] and "3 clips" in lines[1]
+    assert all(float(line.rsplit("ratio=", 1)[1]) > 0 for line in lines)
