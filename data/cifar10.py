@@ -1,13 +1,17 @@
 """CIFAR-10 from the official python pickles (``<root>/cifar-10-batches-py``).
 
 The pickles are read directly (torchvision is used only to download them), so any copy in the official
-layout works, including the small ones the tests write.
+layout works, including the small ones the tests write. They are read with ``BatchUnpickler``, which builds
+only what the official files hold (dicts, lists, strings, bytes, numbers and numpy arrays): ``data.root``
+may come from a checkpoint's stored config, and a plain ``pickle.load`` of a crafted file runs its code.
 """
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -20,14 +24,53 @@ TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
 
 
+# The only globals of the official pickles (numpy arrays; numpy 1 names them numpy.core, numpy 2 numpy._core)
+# and of batches re-pickled by Python 3 (_codecs.encode: bytes of protocol 2). Nothing else is looked up.
+ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only ``ALLOWED_GLOBALS``: a crafted file naming anything else (a
+    function to call, a class to build) raises instead of running it."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR-10 batch") from None
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 (N, 32, 32, 3) and labels int64 (N,) from one CIFAR-10 pickle batch file."""
+    fix = "Replace it with the file of that name from cifar-10-python.tar.gz (or delete it and use data.download=true)."
+    if path.stat().st_size == 0:
+        raise ValueError(f"CIFAR-10 batch {path} is empty (0 bytes): an interrupted download or copy. {fix}")
+    try:
+        with open(path, "rb") as f:
+            batch = BatchUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(
+            f"CIFAR-10 batch {path} is not a readable pickle batch ({type(e).__name__}: {e}). {fix}"
+        ) from None
+    data = batch.get("data") if isinstance(batch, dict) else None
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or not isinstance(labels, list):
+        raise ValueError(f"CIFAR-10 batch {path} holds no 'data' array of (N, 3072) and 'labels' list. {fix}")
+    if len(labels) != len(data):
+        raise ValueError(f"CIFAR-10 batch {path}: {len(data)} images but {len(labels)} labels. {fix}")
+    images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # rows of R, G, B planes
+    return images, np.asarray(labels, dtype=np.int64)
+
+
 def read_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 (N, 32, 32, 3) and labels int64 (N,) from CIFAR-10 pickle batch files."""
-    images, labels = [], []
-    for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch["labels"], dtype=np.int64))
+    images, labels = zip(*(read_batch(folder / name) for name in names), strict=True)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
 

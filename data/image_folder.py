@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def class_folders(split_dir: Path) -> list[str]:
+    """The class folders of a split, sorted; hidden ones (``.ipynb_checkpoints``, ``.git``, ...) are not classes."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() for p in folder.rglob("*"))
+
+
 def find_images(split_dir: Path, class_names: list[str]) -> list[tuple[Path, int]]:
     samples = []
     for label, name in enumerate(class_names):
@@ -132,13 +141,20 @@ class ImageFolderDataModule(ClassificationDataModule):
                 f"image folder dataset not found: expected {train}/<class>/<image> (and optionally val/ and "
                 f"test/ beside it). Set data.root to the folder that contains train/."
             )
-        names = sorted(p.name for p in train.iterdir() if p.is_dir())
+        names = class_folders(train)
         if not names:
             raise FileNotFoundError(f"{train} has no class folders; expected {train}/<class>/<image>")
+        empty = [name for name in names if not has_images(train / name)]
+        if empty:
+            raise FileNotFoundError(
+                f"class folder(s) {', '.join(str(train / n) for n in empty)} hold no images "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS))}): the head would get a class that is never trained. "
+                f"Add its images, or remove the folder."
+            )
         for split in ("val", "test"):
             d = self.root / split
             if d.is_dir():
-                other = sorted(p.name for p in d.iterdir() if p.is_dir())
+                other = class_folders(d)
                 if other != names:
                     raise ValueError(f"class folders of {d} ({other}) differ from those of {train} ({names})")
         self._class_names = names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -22,8 +23,15 @@ def replacing(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if out_of_space(e, path.parent):
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on {path.parent} while writing {path.name} (No space left on device); "
+                f"{'the previous ' + path.name + ' is kept' if path.exists() else 'nothing was written'}. "
+                f"Free space there (or write elsewhere: hydra.run.dir=<dir>) and resume.",
+            ) from e
         raise
     if durable:
         fsync_dir(path.parent)
@@ -52,6 +60,22 @@ def atomic_link(source: str | Path, path: str | Path) -> None:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
+
+
+def out_of_space(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of space: an ENOSPC anywhere in the exception chain (torch.save turns
+    its file's OSError into ``RuntimeError: unexpected pos ...``), or a file system left with no free space."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(error, Exception):
+        return False  # KeyboardInterrupt, SystemExit: not a write failure
+    try:
+        return shutil.disk_usage(directory).free == 0
+    except OSError:
+        return False
 
 
 def fsync_dir(directory: Path) -> None:

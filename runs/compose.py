@@ -24,6 +24,8 @@ def compose_config(*overrides: str, output_dir: Path, config_name: str = "train"
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
+        # Not new default dirs claimed under outputs/ when something resolves the whole config.
+        cfg.hydra.run.dir = cfg.hydra.sweep.dir = str(output_dir)
         cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)

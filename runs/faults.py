@@ -2,20 +2,25 @@
 
 - ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send) and SIGUSR1 (SLURM's
   warning before a time limit, ``#SBATCH --signal=USR1@90``) are turned into "finish this batch, write
-  ``checkpoints/last.ckpt``, exit with status 128 + signal". Resuming from that file continues with the next
-  batch of the same epoch (see docs/reliability.md).
+  ``checkpoints/last.ckpt``, exit with status 128 + signal"; under SLURM, SIGUSR1 also requeues the job
+  (``scontrol requeue``). Resuming (``resume=auto``) continues with the next batch of the same epoch
+  (see docs/reliability.md).
 - ``ResumeState``: the torch, numpy and Python generators are part of every checkpoint, so a resumed run draws
   the same dropout masks and augmentations as an uninterrupted one; and the training loader's position
   (data/resumable.py) is put back even when Lightning built the loader before restoring the checkpoint.
 - ``check_update``: called by the LightningModule before each optimizer step, one host sync for the loss
-  and all gradients; ``error`` stops the run naming the step, ``skip`` drops the update and counts it.
+  and all gradients; ``error`` stops the run naming the step, ``skip`` drops the update and counts it, and
+  ``ConsecutiveSkips`` stops a run that skips ``module.max_consecutive_skips`` updates in a row.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shlex
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,19 +101,47 @@ class SaveOnSignal(pl.Callback):
         epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed
         name = signal.Signals(self.received).name if self.received else "a signal (on another rank)"
         log.warning(
-            "%s at epoch %d, %s %d (global step %d): saved %s. Resume with: python train.py ckpt_path=%s "
-            "hydra.run.dir=%s",
+            "%s at epoch %d, %s %d (global step %d): saved %s. Resume with: %s",
             name,
             epoch,
             where,
             batch + (where == "batch"),
             trainer.global_step,
             path,
-            path,
-            path.parent.parent,
+            resume_command(path, Path(trainer.default_root_dir)),
         )
+        if self.received == getattr(signal, "SIGUSR1", None) and trainer.is_global_zero:
+            requeue_slurm_job()
         self._restore()
         raise Interrupted(128 + (self.received or signal.SIGTERM))
+
+
+def resume_command(path: Path, run_dir: Path) -> str:
+    """What continues the run: ``resume=auto`` in its run dir (which restores its saved config, runs/resume.py),
+    or ``ckpt_path`` where the checkpoint is elsewhere."""
+    run_dir_arg = shlex.quote(f"hydra.run.dir={run_dir}")
+    if path == run_dir / "checkpoints" / "last.ckpt":
+        return f"python train.py resume=auto {run_dir_arg}"
+    return f"python train.py {shlex.quote(f'ckpt_path={path}')} {run_dir_arg}"
+
+
+def requeue_slurm_job() -> None:
+    """Under SLURM (``#SBATCH --signal=USR1@90``): put the job back in the queue once its checkpoint is saved
+    (``scontrol requeue``); the requeued job runs its script again, whose ``resume=auto`` continues."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.error("could not requeue SLURM job %s (scontrol requeue %s: %s); resubmit it by hand", job, job, e)
+        return
+    if done.returncode != 0:
+        log.error("scontrol requeue %s failed (%d): %s", job, done.returncode, (done.stderr or done.stdout).strip())
+    else:
+        log.warning("requeued SLURM job %s (scontrol requeue %s)", job, job)
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
@@ -163,6 +196,25 @@ class ResumeState(pl.Callback):
 
 
 # --- non-finite numbers ---------------------------------------------------------------------------------
+
+
+class ConsecutiveSkips:
+    """``module.nonfinite=skip`` with a limit: after ``limit`` updates skipped in a row the run stops (a run that
+    drops every update is not training, however long it runs); 0: no limit."""
+
+    def __init__(self, limit: int) -> None:
+        if int(limit) < 0:
+            raise ValueError(f"module.max_consecutive_skips={limit} must be >= 0 (0: no limit)")
+        self.limit, self.in_a_row = int(limit), 0
+
+    def count(self, ok: bool, *, step: int) -> None:
+        self.in_a_row = 0 if ok else self.in_a_row + 1
+        if self.limit and self.in_a_row >= self.limit:
+            raise NonFiniteError(
+                f"{self.in_a_row} updates in a row skipped for non-finite losses or gradients (the last at global "
+                f"step {step}; module.max_consecutive_skips={self.limit}): training has diverged. Lower "
+                f"optimizer.lr, set trainer.gradient_clip_val, or check the data; resume from checkpoints/last.ckpt."
+            )
 
 
 def check_nonfinite_mode(mode: str) -> str:

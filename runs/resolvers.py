@@ -2,14 +2,19 @@
 
 Registered on import (the entry scripts import this module before Hydra composes the config):
 
-- ``${visfeat.run_stamp:%Y-%m-%d_%H-%M-%S}``: the run dir's time stamp. A single process uses its own clock.
-  Processes started independently by an external launcher would each read a different clock (one run dir
-  per process, the Hydra + DDP trap), so they take one stamp that all of them share:
-  torchrun: rank 0's clock, handed to the others through torchrun's own key-value store;
-  srun: ``slurm<job id>.<step id>``, the same in every task of the step;
-  ``VISFEAT_RUN_STAMP``, when set, wins over both.
+- ``${visfeat.new_run_dir:<parent>,%Y-%m-%d_%H-%M-%S}``: the default run dir, ``<parent>/<time stamp>``, and
+  created (claimed) as it is chosen: two runs started in the same second get ``<stamp>`` and ``<stamp>_1``,
+  however many hosts share the file system (``mkdir`` either creates a directory or fails).
+  Processes started independently by an external launcher would each claim their own (one run dir per
+  process, the Hydra + DDP trap), so they share one: torchrun: the dir rank 0 claimed, handed to the
+  others through torchrun's own key-value store; srun: ``<parent>/slurm<job id>.<step id>``, the same in
+  every task of the step; ``VISFEAT_RUN_STAMP``, when set, names ``<parent>/<its value>`` in every process.
   Processes that Lightning starts itself (``trainer=ddp``/``ddp_sim``) are told the run dir on their command
-  line instead (runs/distributed.py).
+  line instead (runs/distributed.py). A run dir in use is also locked (runs/lock.py).
+- ``${visfeat.run_stamp:%Y-%m-%d_%H-%M-%S}``: the bare time stamp, shared in the same way (no dir claimed).
+- ``${visfeat.config_subdir:${hydra.runtime.output_dir}}``: where Hydra saves the job's config: ``.hydra``,
+  or, when the run dir already has one (a resumed run), ``.hydra-resume-<n>`` beside it, so the original
+  run's config and overrides are never overwritten.
 - ``${visfeat.if_rank_zero:A,B}``: A in the process of global rank 0, B in the others; the hydra config uses
   it so that only rank 0 writes ``.hydra/`` and the log file.
 - ``${visfeat.direction:${optimized_metric}}``: ``maximize`` or ``minimize`` for the Optuna sweeper.
@@ -21,7 +26,9 @@ Registered on import (the entry scripts import this module before Hydra composes
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,7 @@ from omegaconf import OmegaConf
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 STAMP_TIMEOUT = timedelta(minutes=5)
 _stores: list[Any] = []  # keeps a store this process serves alive until the process group reuses its port
-_shared: dict[str, str] = {}  # one exchange per key and process, however often the config is resolved
+_shared: dict[Any, str] = {}  # one exchange (or claim) per key and process, however often the config is resolved
 
 
 def is_rank_zero() -> bool:
@@ -55,7 +62,43 @@ def run_stamp(pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
     return now
 
 
-def shared_with_rank_zero(key: str, value: str) -> str:
+def new_run_dir(parent: str, pattern: str = "%Y-%m-%d_%H-%M-%S") -> str:
+    """``<parent>/<time stamp>`` (``pattern`` for strftime), created now; see the module docstring."""
+    if key := os.environ.get("VISFEAT_RUN_STAMP"):
+        return str(Path(parent) / key)
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return shared_with_rank_zero(f"visfeat/run_dir/{parent}", lambda: claim_dir(parent, pattern))
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return str(Path(parent) / f"slurm{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}")
+    memo = ("new_run_dir", parent, pattern)  # Hydra resolves hydra.run.dir more than once (on copies of the config)
+    if memo not in _shared:
+        _shared[memo] = claim_dir(parent, pattern)
+    return _shared[memo]
+
+
+def claim_dir(parent: str, pattern: str) -> str:
+    """Creates ``<parent>/<stamp>``, or ``<stamp>_<n>`` for the first n not taken, and returns it."""
+    stamp = datetime.now().strftime(pattern)
+    for n in itertools.count():
+        path = Path(parent) / (stamp if n == 0 else f"{stamp}_{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return str(path)
+    raise AssertionError("unreachable")
+
+
+def config_subdir(output_dir: str) -> str:
+    """``.hydra`` or, when ``output_dir`` has one already, the first free ``.hydra-resume-<n>``."""
+    memo = ("config_subdir", str(Path(output_dir).resolve()))
+    if memo not in _shared:
+        names = (".hydra" if n == 0 else f".hydra-resume-{n}" for n in itertools.count())
+        _shared[memo] = next(name for name in names if not (Path(output_dir) / name).exists())
+    return _shared[memo]
+
+
+def shared_with_rank_zero(key: str, value: str | Callable[[], str]) -> str:
     """Rank 0's ``value`` in every process started by torchrun, exchanged through the store at
     MASTER_ADDR:MASTER_PORT before the process group exists.
 
@@ -67,6 +110,8 @@ def shared_with_rank_zero(key: str, value: str) -> str:
     from torch.distributed import TCPStore
 
     rank = int(os.environ["RANK"])
+    if rank == 0 and callable(value):  # e.g. claiming a dir: only rank 0 may
+        value = value()
     agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = TCPStore(
         os.environ["MASTER_ADDR"],
@@ -128,6 +173,8 @@ def register() -> None:
     # Cached: Hydra may resolve hydra.run.dir more than once, and every read must give the same dir.
     OmegaConf.register_new_resolver("visfeat.root", repo_root, replace=True)
     OmegaConf.register_new_resolver("visfeat.run_stamp", run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("visfeat.new_run_dir", new_run_dir, replace=True)
+    OmegaConf.register_new_resolver("visfeat.config_subdir", config_subdir, replace=True)
     OmegaConf.register_new_resolver("visfeat.if_rank_zero", if_rank_zero, replace=True)
     OmegaConf.register_new_resolver("visfeat.direction", metric_direction, replace=True)
     OmegaConf.register_new_resolver("visfeat.mixed_precision", mixed_precision, replace=True)

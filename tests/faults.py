@@ -50,3 +50,16 @@ class RaiseAt(pl.Callback):
 def blow_up_weights(module: torch.nn.Module) -> None:
     with torch.no_grad():
         next(module.parameters()).fill_(float("inf"))
+
+
+class NaNLossFrom(pl.Callback):
+    """Makes the loss of every training batch from ``step`` on NaN (a diverged run)."""
+
+    def __init__(self, *, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step:
+            batch["input"][0].fill_(float("nan"))

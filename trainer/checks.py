@@ -8,6 +8,11 @@ the first step.
 from __future__ import annotations
 
 import functools
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +24,11 @@ from omegaconf.errors import (
     InterpolationToMissingValueError,
     MissingMandatoryValue,
 )
+from PIL import Image
+
+from data.image_folder import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -78,6 +88,7 @@ def check_resolved(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     check_resolved(cfg)
+    check_trainer_parts(cfg)
     for key, kind, example in TYPED_KEYS:
         _check_type(key, _get(cfg, key), kind, example)
     for key in POSITIVE_KEYS:
@@ -129,4 +140,167 @@ def check_precision(net: torch.nn.Module, trainer: pl.Trainer) -> None:
             f"trainer.precision={precision} on this CPU: its oneDNN computes wrong bf16 Conv3d weight gradients "
             f"(inf or off by orders of magnitude for 2-frame inputs; checked just now), and this net has 3D "
             f"convolutions. Train it with trainer.precision=32-true, or bf16 on a GPU."
+        )
+
+
+# --- parts of the config that would be dropped ---------------------------------------------------------------
+
+
+def check_trainer_parts(cfg: DictConfig) -> None:
+    """``trainer.callbacks`` and ``trainer.logger`` are replaced by what the ``callbacks`` and ``logger`` groups
+    build (trainer/run.py: build_trainer), so anything added under them would be dropped without a word."""
+    trainer = cfg.get("trainer")
+    if not isinstance(trainer, DictConfig):
+        return
+    for part in ("callbacks", "logger"):
+        node = trainer.get(part)
+        if node is None or node is False:
+            continue
+        names = [f"trainer.{part}.{k}" for k in node] if isinstance(node, DictConfig) else [f"trainer.{part}"]
+        group = "callbacks" if part == "callbacks" else "logger"
+        raise ConfigError(
+            f"{', '.join(names)}: the Trainer's {part} come from the `{group}` config group, so this would be "
+            f"dropped. Give it there instead: +{group}.<name>._target_=<class> (+{group}.<name>.<arg>=<value>)."
+        )
+
+
+# --- before the first step: the files of the evaluation splits, the run dir ------------------------------------
+
+
+class UnreadableFileError(RuntimeError):
+    pass
+
+
+def check_writable(*directories: str | Path) -> None:
+    """Each directory can be created and written to (a file created, written, removed): a read-only or full
+    run dir fails now, not when the first checkpoint is due after an epoch."""
+    for directory in directories:
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as f:
+                f.write(b"visfeat")
+                f.flush()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot write to {directory} ({e.strerror or e}): the run's checkpoints and results go there. "
+                f"Choose a writable run dir with hydra.run.dir=<dir> (or paths.log_dir=<dir> for all runs)."
+            ) from e
+
+
+def file_samples(dataset: Any) -> list | None:
+    """The ``(path, label)`` list a file-reading dataset reads from: ``ImageFileDataset.samples``,
+    ``VideoClipDataset.videos``; None for datasets held in memory."""
+    for name in ("samples", "videos"):
+        items = getattr(dataset, name, None)
+        if isinstance(items, list):
+            return items
+    return None
+
+
+def probe_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read (None if it can), cheaply: an image's header is decoded (PIL ``verify``, which
+    for PNG also checks every chunk's CRC) and a JPEG that does not end with its end-of-image marker, as a
+    truncated one does, is decoded in full (at 1/8 scale); a video's container is opened and must hold a video
+    stream (PyAV)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            with Image.open(path) as im:
+                im.verify()
+            if path.suffix.lower() in (".jpg", ".jpeg") and not jpeg_ends_cleanly(path):
+                with Image.open(path) as im:
+                    im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+                    im.load()
+        else:
+            import av
+
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    return "no video stream in it"
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError...; PyAV its FFmpegErrors
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def jpeg_ends_cleanly(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 64))
+        return b"\xff\xd9" in f.read().rstrip(b"\x00\r\n ")[-2:]
+
+
+def check_eval_files(datamodule: Any, *, workers: int = 8) -> int:
+    """Probes every file of the validation and test splits (``probe_file``) before the first step. An
+    unreadable one stops the run naming it, or, where the dataset skips unreadable files
+    (``data.skip_unreadable_eval=true``), is taken out of the split with a warning; returns how many were."""
+    datamodule.setup("fit")  # lists the splits' files; Lightning's own setup() call then finds them listed
+    splits = [("val", datamodule.val_set), ("test", datamodule.test_set)]
+    lists: dict[int, tuple[str, Any, list]] = {}  # one entry per file list (the test split may be the val one)
+    for split, dataset in splits:
+        if items := file_samples(dataset):
+            seen = lists.get(id(items))
+            lists[id(items)] = (f"{seen[0]}, {split}" if seen else split, dataset, items)
+    paths = sorted({str(p) for _, _, items in lists.values() for p, _ in items})
+    if not paths:
+        return 0
+    with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:  # PIL and FFmpeg release the GIL
+        bad = {p: why for p, why in zip(paths, pool.map(probe_file, paths), strict=True) if why}
+    if not bad:
+        return 0
+    shown = "; ".join(f"{p} ({why})" for p, why in list(bad.items())[:5]) + (
+        f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    )
+    strict = [
+        split
+        for split, dataset, items in lists.values()
+        if not getattr(dataset, "skip_unreadable", False) and any(str(p) in bad for p, _ in items)
+    ]
+    if strict:
+        raise UnreadableFileError(
+            f"{len(bad)} unreadable file(s) in the evaluation splits ({', '.join(strict)}), found before training: "
+            f"{shown}. Remove or replace them, or set data.skip_unreadable_eval=true to leave them out (counted "
+            f"as data/skipped_eval in results.json)."
+        )
+    for _, _, items in lists.values():
+        items[:] = [(p, y) for p, y in items if str(p) not in bad]
+    log.warning("leaving %d unreadable file(s) out of evaluation (data.skip_unreadable_eval): %s", len(bad), shown)
+    return len(bad)
+
+
+def check_before_first_step(datamodule: Any, trainer: pl.Trainer) -> int:
+    """Once the DataModule and Trainer are built: the run dir and checkpoint dir writable (checked by rank 0,
+    which writes them), every evaluation file readable (``check_eval_files``; returns how many were left out)."""
+    if trainer.is_global_zero:
+        dirs = [trainer.default_root_dir] + [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
+        check_writable(*dict.fromkeys(dirs))
+    return check_eval_files(datamodule)
+
+
+# --- eval.py -------------------------------------------------------------------------------------------------
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
+        raise ConfigError(
+            "eval.py tests a checkpoint: give it as ckpt_path=<file>, e.g. "
+            "python eval.py ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
+        )
+    check_resolved(cfg)
+
+
+def check_data_options(data_cfg: DictConfig, given: DictConfig) -> None:
+    """Options given to eval.py (``data.<key>=<value>``) must be arguments of the data config they patch."""
+    from runs.checkpoint import named_parameters
+
+    target = data_cfg.get("_target_")
+    if not target:
+        return
+    from hydra.utils import get_object
+
+    accepted = named_parameters(get_object(target))
+    unknown = sorted(k for k in given if k != "_target_" and k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"data.{', data.'.join(unknown)}: not an option of the checkpoint's data config {target} "
+            f"(data.skip_unreadable_eval applies to file datasets: image_folder, video)."
         )

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from runs.faults import check_nonfinite_mode, check_update
+from runs.faults import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
 from trainer.tta import check_tta, tta_logits
 
@@ -40,12 +40,14 @@ class ClassificationModule(pl.LightningModule):
         mixer: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         run_config: dict | None = None,
         nonfinite: str = "error",
+        max_consecutive_skips: int = 10,
         group_params: Callable[..., list[dict]] | None = None,
         norm_group: bool = False,
         tta: str = "none",
     ) -> None:
         super().__init__()
         self.nonfinite = check_nonfinite_mode(nonfinite)
+        self.consecutive_skips = ConsecutiveSkips(max_consecutive_skips)  # nonfinite=skip stops a diverged run
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
         self.save_hyperparameters({"config": run_config or {}}, logger=False)
@@ -123,6 +125,7 @@ class ClassificationModule(pl.LightningModule):
             epoch=self.current_epoch,
             mode=self.nonfinite,
         )
+        self.consecutive_skips.count(ok, step=self.global_step)
         if not ok:
             self.skipped_nonfinite += 1
             return

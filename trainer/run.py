@@ -21,11 +21,19 @@ from data.base import ClassificationDataModule
 from runs.checkpoint import load_checkpoint, stored_config
 from runs.distributed import end_processes
 from runs.faults import ResumeState, SaveOnSignal
+from runs.lock import lock_run_dir
 from runs.plots import plot_confusion
 from runs.results import git_state, package_versions, write_json
+from runs.resume import resumed_config
 from trainer.build import build_net, net_from_checkpoint
 from trainer.callbacks import History
-from trainer.checks import check_config, check_precision
+from trainer.checks import (
+    check_before_first_step,
+    check_config,
+    check_data_options,
+    check_eval_config,
+    check_precision,
+)
 from trainer.finetune import FineTune
 from trainer.module import ClassificationModule
 
@@ -33,7 +41,16 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit and test the configured model; write results.json; return the metric named by ``optimized_metric``."""
+    """Fit and test the configured model; write results.json; return the metric named by ``optimized_metric``.
+
+    The run dir is locked while the run uses it (runs/lock.py); a resumed run continues with its own saved
+    config (runs/resume.py)."""
+    check_config(cfg)
+    with lock_run_dir(cfg.paths.output_dir):
+        return fit_and_test(resumed_config(cfg))
+
+
+def fit_and_test(cfg: DictConfig) -> float | None:
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -49,6 +66,7 @@ def train(cfg: DictConfig) -> float | None:
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
     trainer = build_trainer(cfg, extra_callbacks=[history, *faults, *([finetune] if finetune else [])])
     check_precision(net, trainer)
+    skipped_eval = check_before_first_step(datamodule, trainer)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -69,6 +87,7 @@ def train(cfg: DictConfig) -> float | None:
         "train_seconds": train_seconds,
         "checkpoints/best": best_path(trainer),
         "checkpoints/last": str(run_dir / "checkpoints" / "last.ckpt"),
+        "data/skipped_eval": skipped_eval,
         **run_metadata(cfg, datamodule),
     }
     if trainer.is_global_zero:
@@ -79,6 +98,7 @@ def train(cfg: DictConfig) -> float | None:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a checkpoint on the test split of the data config stored in it (or of the one given)."""
+    check_eval_config(cfg)
     ckpt = load_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path))
     data_cfg = merge_data_config(stored, cfg)
@@ -87,8 +107,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     net = net_from_checkpoint(ckpt, cfg.ckpt_path, num_classes=datamodule.num_classes)
     module = ClassificationModule(net=net, run_config=ckpt["hyper_parameters"]["config"])  # no optimizer: test only
     trainer = build_trainer(cfg)
+    skipped_eval = check_before_first_step(datamodule, trainer)
     metrics = trainer.test(module, datamodule=datamodule)[0]
-    results = {**metrics, "ckpt_path": str(cfg.ckpt_path), **run_metadata(cfg, datamodule)}
+    results = {
+        **metrics,
+        "ckpt_path": str(cfg.ckpt_path),
+        "data/skipped_eval": skipped_eval,
+        **run_metadata(cfg, datamodule),
+    }
     if trainer.is_global_zero:
         record(Path(cfg.paths.output_dir), results, module, datamodule)
     end_processes(trainer)
@@ -154,10 +180,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> p
 
 def merge_data_config(stored: DictConfig, cfg: DictConfig) -> DictConfig:
     """The checkpoint's data config, replaced by ``data=<name>`` or patched by ``+data.<key>=<value>``."""
-    given = cfg.get("data") or {}
-    if "_target_" in given:
-        return given
-    return OmegaConf.merge(stored.data, given)
+    given = OmegaConf.create({k: v for k, v in (cfg.get("data") or {}).items() if v is not None})  # unset options
+    merged = given if "_target_" in given else OmegaConf.merge(stored.data, given)
+    check_data_options(merged, given)
+    return merged
 
 
 # --- recording --------------------------------------------------------------------------------------------
