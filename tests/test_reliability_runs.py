@@ -212,10 +212,11 @@ def test_resume_refuses_a_conflicting_change_unless_allowed(make_cfg, tmp_path):
 
 def test_resuming_a_lenet_checkpoint_with_another_model_names_both(make_cfg, tmp_path):
     run_dir = saved_run(tmp_path, "model=lenet")
-    with pytest.raises(
-        ResumeError,
-        match=r"model\.backbone\._target_: the run has 'models\.backbones\.LeNet', this command gives 'models\.backbones\.ResNet'",
-    ):
+    both = (
+        r"model\.backbone\._target_: the run has 'models\.backbones\.LeNet', "
+        r"this command gives 'models\.backbones\.ResNet'"
+    )
+    with pytest.raises(ResumeError, match=both):
         resumed_config(make_cfg("resume=auto", "model=resnet", output_dir=run_dir))
     with pytest.raises(ResumeError, match=r"holds a LeNet net, but this run's model config builds a ResNet"):
         resumed_config(make_cfg("resume=auto", "model=resnet", "allow_resume_changes=true", output_dir=run_dir))
