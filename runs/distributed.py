@@ -12,7 +12,7 @@ Why not ``ddp_spawn``: it pickles the trainer, module and datamodule into each c
 unpicklable parts (lambdas in transforms, open video readers) and returns nothing from the children.
 
 Processes started by torchrun or srun are not started by Lightning: each runs train.py itself and they agree
-on the run dir through ``visfeat.run_stamp`` (runs/resolvers.py).
+on the run dir through ``visfeat.new_run_dir`` (runs/resolvers.py).
 """
 
 from __future__ import annotations
