@@ -173,8 +173,10 @@ def register() -> None:
     # Cached: Hydra may resolve hydra.run.dir more than once, and every read must give the same dir.
     OmegaConf.register_new_resolver("visfeat.root", repo_root, replace=True)
     OmegaConf.register_new_resolver("visfeat.run_stamp", run_stamp, use_cache=True, replace=True)
-    OmegaConf.register_new_resolver("visfeat.new_run_dir", new_run_dir, replace=True)
-    OmegaConf.register_new_resolver("visfeat.config_subdir", config_subdir, replace=True)
+    # Cached in the config too (as Hydra's ${now:}): a submitit job resolves its pickled launcher config again
+    # in another process, and must find the sweep dir the launcher claimed.
+    OmegaConf.register_new_resolver("visfeat.new_run_dir", new_run_dir, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("visfeat.config_subdir", config_subdir, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("visfeat.if_rank_zero", if_rank_zero, replace=True)
     OmegaConf.register_new_resolver("visfeat.direction", metric_direction, replace=True)
     OmegaConf.register_new_resolver("visfeat.mixed_precision", mixed_precision, replace=True)
