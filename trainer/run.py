@@ -180,7 +180,8 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> p
 
 def merge_data_config(stored: DictConfig, cfg: DictConfig) -> DictConfig:
     """The checkpoint's data config, replaced by ``data=<name>`` or patched by ``+data.<key>=<value>``."""
-    given = OmegaConf.create({k: v for k, v in (cfg.get("data") or {}).items() if v is not None})  # unset options
+    given = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    given = OmegaConf.create({k: v for k, v in given.items() if v is not None})  # null: an option left unset
     merged = given if "_target_" in given else OmegaConf.merge(stored.data, given)
     check_data_options(merged, given)
     return merged
