@@ -71,20 +71,25 @@ def test_targets_and_arguments_outside_the_allowlist_are_refused(tmp_path, node,
         stored_config(load_checkpoint(path), path)
 
 
-GROUPS = {
-    "data": ["cifar10", "digits", "hmdb51", "image_folder", "multi_digits", "ucf101", "video_folder"],
-    "model": ["cnn_gru", "cnn_lstm", "lenet", "mc3", "r2plus1d", "r3d", "resnet", "vgg"],
-    "augment": ["cifar", "cifar_strong", "imagenet", "none"],
-    "callbacks": ["default", "early_stopping", "ema"],
-    "logger": ["csv", "tensorboard", "many"],
-}
+CONF = Path(__file__).resolve().parent.parent / "conf"
+# Every option of the groups whose classes a run builds (found on disk, so a new option is checked too).
+OPTIONS = [
+    (group, path.stem)
+    for group in ("data", "model", "augment", "callbacks", "logger", "optimizer", "scheduler", "finetune", "experiment")
+    + tuple(f"model/{d.name}" for d in sorted((CONF / "model").iterdir()) if d.is_dir())
+    for path in sorted((CONF / group).glob("*.yaml"))
+    if not path.stem.startswith("_") and (group, path.stem) != ("data", "synthetic_video")
+]
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, opts in GROUPS.items() for o in opts])
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_shipped_config_passes_the_allowlist(tmp_path, group, option):
     """The allowlist is exact, so every class conf/ names must be in it (with arguments it declares)."""
-    extra = ["data.num_classes=3"] if option in ("image_folder", "video_folder", "ucf101", "hmdb51") else []
+    extra = ["data.num_classes=3"] if (group, option) in {("data", o) for o in NEEDS_NUM_CLASSES} else []
     check_targets(run_config(tmp_path, f"{group}={option}", *extra), "conf")
+
+
+NEEDS_NUM_CLASSES = ("image_folder", "video_folder", "ucf101", "hmdb51")
 
 
 def test_synthetic_video_data_is_refused_from_a_file(tmp_path):
