@@ -50,6 +50,7 @@ ALLOWED_TARGETS = frozenset(
         "models.fusion.WeightedFusion",
         "models.nonlocal_block.add_non_local",
         "models.roi.roi_head",
+        "models.airbench.AirbenchNet",
         # data: DataModules read files (CIFAR-10 pickles through a restricted unpickler), never write them
         "data.digits.DigitsDataModule",
         "data.multi_digits.MultiDigitsDataModule",
@@ -66,6 +67,10 @@ ALLOWED_TARGETS = frozenset(
         "trainer.optim.cosine",
         "trainer.optim.multistep",
         "trainer.optim.onecycle",
+        "trainer.optim.triangle",
+        "trainer.optim.decoupled_sgd",
+        "trainer.callbacks.WhiteningInit",
+        "trainer.lookahead.Lookahead",
         "trainer.finetune.FineTune",
         "trainer.ema.EMA",
         "runs.checkpoint.ModelCheckpoint",
