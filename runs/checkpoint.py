@@ -99,9 +99,11 @@ ALLOWED_FAMILIES = {
         "albumentations.core.composition.BaseCompose",
     ),
 }
-# Arguments a constructor passes on through its **kwargs (to a function, so not found on a base class).
+# Arguments a callable passes on through its **kwargs to something that is not its base class: the names, or
+# the import path of the class that takes them.
 PASSED_ON_ARGUMENTS = {
     "pytorch_lightning.loggers.WandbLogger": ("group", "tags", "entity", "notes", "job_type", "mode"),  # wandb.init
+    "models.roi.roi_head": "models.roi.ROIHead",
 }
 # Arguments that make a constructor write files: refused in a stored config unless false/null.
 WRITING_ARGUMENTS = ("download",)
@@ -324,7 +326,10 @@ def check_target(target: Any, path: str | Path, key: str) -> Any:
 def check_arguments(obj: Any, node: dict[str, Any], path: str | Path, key: str) -> None:
     """Every argument of the node must be a named parameter of the constructor (not one swallowed by a
     ``**kwargs`` that nobody declares), and ``WRITING_ARGUMENTS`` must be off."""
-    accepted = named_parameters(obj) | set(PASSED_ON_ARGUMENTS.get(node["_target_"], ()))
+    passed_on = PASSED_ON_ARGUMENTS.get(node["_target_"], ())
+    accepted = named_parameters(obj) | (
+        named_parameters(get_object(passed_on)) if isinstance(passed_on, str) else set(passed_on)
+    )
     where = key or "config"
     for name, value in node.items():
         if name in NOT_ARGUMENTS:

@@ -72,13 +72,14 @@ def test_targets_and_arguments_outside_the_allowlist_are_refused(tmp_path, node,
 
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
+SYNTHETIC = {("data", "synthetic_video"), ("experiment", "video_synthetic")}  # refused from files, below
 # Every option of the groups whose classes a run builds (found on disk, so a new option is checked too).
 OPTIONS = [
     (group, path.stem)
     for group in ("data", "model", "augment", "callbacks", "logger", "optimizer", "scheduler", "finetune", "experiment")
     + tuple(f"model/{d.name}" for d in sorted((CONF / "model").iterdir()) if d.is_dir())
     for path in sorted((CONF / group).glob("*.yaml"))
-    if not path.stem.startswith("_") and (group, path.stem) != ("data", "synthetic_video")
+    if not path.stem.startswith("_") and (group, path.stem) not in SYNTHETIC
 ]
 
 
