@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 
-from data.in_memory import augment_batch, hold_in_memory
+from data.in_memory import InMemoryDataset, augment_batch, hold_in_memory
 from data.resumable import ResumableLoader, ResumableSampler
 from data.sampler import shard_sampler
 
@@ -27,7 +27,7 @@ LIST_KEYS = ("boxes", "path")
 
 def collate(samples: list[dict[str, Any] | None]) -> dict[str, Any]:
     if isinstance(samples, dict):  # a whole batch fetched at once (data/in_memory.py)
-        return {**samples, "num_skipped": 0}
+        return {"num_skipped": 0, **samples}
     kept = [s for s in samples if s is not None]
     batch: dict[str, Any] = {}
     if kept:
@@ -71,13 +71,16 @@ class ClassificationDataModule(pl.LightningDataModule):
     Args:
         batch_size: samples per batch (per process under DDP).
         num_workers: loader processes; 0 loads in the training process.
-        in_memory: true holds uint8 image-array splits (digits, cifar10) as tensors and augments whole batches
-            on the training device (data/in_memory.py); ``auto`` does so when the augment pipeline allows it.
+        in_memory: true holds the splits as uint8 tensors (image arrays of digits and cifar10; image files decoded
+            once, in ``num_workers`` processes) and augments whole batches on the training device
+            (data/in_memory.py); ``auto`` does so when the augment pipeline allows it and decoded files fit in
+            memory.
         seed: seeds the train/val split and the shuffling order.
         train_transform / eval_transform: callables from an image (HWC uint8) or clip (THWC uint8) to a
             float tensor; built from the ``augment`` config.
         num_classes: the number of classes the config promises (the model's head is sized from it);
-            ``check_num_classes`` compares it with what the data holds.
+            ``check_num_classes`` compares it with what the data holds. None: what the data holds (class
+            folders, class-index file), which ``check_num_classes`` returns for the config to take.
         mean / std: per-channel statistics used for normalisation (read by the augment config).
     """
 
@@ -137,13 +140,15 @@ class ClassificationDataModule(pl.LightningDataModule):
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         raise NotImplementedError
 
-    def check_num_classes(self) -> None:
+    def check_num_classes(self) -> int:
+        """The number of classes of the data; raises when the config promised another number."""
         expected, actual = self.expected_num_classes, self.num_classes
         if expected is not None and expected != actual:
             raise ValueError(
                 f"data.num_classes={expected} but the data has {actual} classes ({self.class_names}); "
-                f"set data.num_classes={actual}"
+                f"set data.num_classes={actual} (or null: the number of classes the data has)"
             )
+        return actual
 
     # --- shared -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -154,6 +159,7 @@ class ClassificationDataModule(pl.LightningDataModule):
                 train_transform=self.train_transform,
                 eval_transform=self.eval_transform,
                 seed=self.seed,
+                num_workers=self.num_workers,
             )
             self.train_set, self.val_set, self.test_set = splits
 
@@ -185,15 +191,18 @@ class ClassificationDataModule(pl.LightningDataModule):
             # An epoch's order depends only on (seed, epoch) and a mid-epoch checkpoint records the position.
             sampler = ResumableSampler(dataset, seed=self.seed)
         loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
+        # A batch of an in-memory split is one indexing of a tensor (microseconds): worker processes would only
+        # add a copy through shared memory per batch and take cores from the training step.
+        workers = 0 if isinstance(dataset, InMemoryDataset) else self.num_workers
         return loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=train and len(sampler if sampler is not None else dataset) > self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate,
             worker_init_fn=seed_worker,
             generator=generator,

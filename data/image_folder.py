@@ -3,12 +3,15 @@
 ``val/`` is optional (then a seeded part of ``train/`` is held out); ``test/`` is optional (then the
 validation images are also the test images, and results.json says ``data/test_is_val: true``).
 Images are decoded with PIL, converted to RGB and resized (shorter side to ``image_size``, then a centre
-crop) so that a batch has one shape before augmentation.
+crop) so that a batch has one shape before augmentation: per sample on access, or (``data.in_memory``) all
+of a split once, in the loader's worker processes, into one uint8 tensor that data/in_memory.py then
+serves a whole batch at a time.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from data.base import ClassificationDataModule, resolve_size, seeded_split
 from data.boxes import BoxAnnotations, resize_crop_boxes
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+DECODE_CHUNK = 256  # images a decoding worker returns at a time
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -81,10 +87,11 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
-        path, label = self.samples[i]
+    def read(self, i: int) -> np.ndarray | None:
+        """Image ``i`` as RGB uint8 (H, W, 3); None for an unreadable file when ``skip_unreadable`` is set."""
+        path = self.samples[i][0]
         try:
-            image = load_image(path, self.image_size)
+            return load_image(path, self.image_size)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             if not self.skip_unreadable:
                 raise RuntimeError(
@@ -93,11 +100,53 @@ class ImageFileDataset(Dataset):
                 ) from e
             log.warning("skipping unreadable image %s (%s)", path, e)
             return None
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        path, label = self.samples[i]
+        image = self.read(i)
+        if image is None:
+            return None
         x = self.transform(image) if self.transform else torch.from_numpy(image).permute(2, 0, 1).float() / 255
         sample = {"input": x, "target": label, "index": i, "path": str(path.relative_to(self.root))}
         if self.boxes is not None:
             sample["boxes"] = self.image_boxes(path, sample["path"])
         return sample
+
+    # --- data.in_memory (data/in_memory.py) -------------------------------------------------------------
+    def held_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image once decoded; ValueError naming the fix when the split cannot be held."""
+        if self.image_size is None:
+            raise ValueError(
+                "data.in_memory=true stacks images of one size: set data.image_size (data.in_memory=false reads "
+                "images of any size)"
+            )
+        if self.boxes is not None:
+            raise ValueError("data.in_memory=true does not carry data.boxes_file's boxes; set data.in_memory=false")
+        return (self.image_size, self.image_size, 3)
+
+    def decode_all(self, *, num_workers: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Every image, decoded once (``num_workers`` processes, a progress bar on a terminal): uint8
+        ``(N, 3, S, S)``, int64 targets ``(N,)`` and bool ``(N,)``, false for unreadable files (zeros)."""
+        h, w, c = self.held_shape()
+        n = len(self)
+        images = torch.empty((n, c, h, w), dtype=torch.uint8)
+        readable = torch.ones(n, dtype=torch.bool)
+        chunks = DataLoader(_Decoding(self), batch_size=DECODE_CHUNK, num_workers=num_workers, collate_fn=_stack_chunk)
+        done, start = 0, time.perf_counter()
+        # The bar shows on a terminal only (disable=None); the log line below goes to train.log as well.
+        with tqdm(total=n, desc="decoding images", unit="images", mininterval=1.0, disable=None) as bar:
+            for chunk, ok in chunks:  # (b, H, W, C) uint8, (b,) bool
+                images[done : done + len(ok)] = torch.from_numpy(chunk).permute(0, 3, 1, 2)  # (b, C, H, W)
+                readable[done : done + len(ok)] = torch.from_numpy(ok)
+                done += len(ok)
+                bar.update(len(ok))
+        log.info("decoded %d images under %s into memory in %.1f s", n, self.root, time.perf_counter() - start)
+        if not readable.all():
+            log.warning(
+                "%d of %d images under %s are unreadable: batches skip them", int((~readable).sum()), n, self.root
+            )
+        targets = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        return images, targets, readable
 
     def image_boxes(self, path: Path, key: str) -> torch.Tensor:
         """The file's boxes (checked against its size) moved through the resize and crop of ``load_image``."""
@@ -110,6 +159,24 @@ class ImageFileDataset(Dataset):
         return resize_crop_boxes(
             boxes, scale=(w / width, h / height), left=left, top=top, size=(self.image_size, self.image_size)
         )
+
+
+class _Decoding(Dataset):
+    """Each file of an ``ImageFileDataset`` decoded, with whether it could be (zeros when not), for ``decode_all``."""
+
+    def __init__(self, files: ImageFileDataset) -> None:
+        self.files, self.shape = files, files.held_shape()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, bool]:
+        image = self.files.read(i)
+        return (np.zeros(self.shape, np.uint8), False) if image is None else (image, True)  # (H, W, C)
+
+
+def _stack_chunk(items: list[tuple[np.ndarray, bool]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([im for im, _ in items]), np.array([ok for _, ok in items])  # (b, H, W, C), (b,)
 
 
 class ImageFolderDataModule(ClassificationDataModule):
@@ -181,5 +248,7 @@ class ImageFolderDataModule(ClassificationDataModule):
             val_idx, train_idx = seeded_split(len(train), (n_val, len(train) - n_val), self.split_seed)
             train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
         self.test_is_val = not (self.root / "test").is_dir()
-        test = val if self.test_is_val else find_images(self.root / "test", names)
-        return self._dataset(train, train=True), self._dataset(val, train=False), self._dataset(test, train=False)
+        val_set = self._dataset(val, train=False)
+        # The same dataset object when test is val: data.in_memory decodes it once.
+        test_set = val_set if self.test_is_val else self._dataset(find_images(self.root / "test", names), train=False)
+        return self._dataset(train, train=True), val_set, test_set

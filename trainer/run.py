@@ -134,7 +134,7 @@ def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None) -> Cl
         }
     datamodule = instantiate(data_cfg, **transforms)
     datamodule.check()
-    datamodule.check_num_classes()
+    data_cfg.num_classes = datamodule.check_num_classes()  # data.num_classes=null: from the data, before the net
     return datamodule
 
 
