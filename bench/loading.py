@@ -179,10 +179,16 @@ def run_ours(args: argparse.Namespace, root: Path, run_dir: Path, epochs: int) -
     return seconds, json.loads((run_dir / "results.json").read_text())["val/acc"]
 
 
-def decode_folder(split: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of ``split/<class>/`` decoded by PIL into one uint8 tensor (N, C, H, W), and the labels."""
+def decode_folder(split: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``split/<class>/`` (all ``size`` x ``size``) decoded by PIL into one uint8 tensor
+    (N, C, H, W), and the labels."""
     files = [(f, label) for label, name in enumerate(classes) for f in image_files(split / name)]
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in files])  # (N, H, W, C)
+    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, (f, _) in enumerate(files):
+        with Image.open(f) as im:
+            if im.size != (size, size):
+                raise SystemExit(f"the plain loop reads images of --image-size {size} only; {f} is {im.size}")
+            images[i] = np.asarray(im.convert("RGB"))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([y for _, y in files])
 
 
@@ -204,8 +210,8 @@ def run_plain(args: argparse.Namespace, root: Path, run_dir: Path, epochs: int) 
     sync(device)
     start = time.perf_counter()
     classes = sorted(p.name for p in (root / "train").iterdir())
-    x_train, y_train = decode_folder(root / "train", classes)
-    x_val, y_val = decode_folder(root / "val", classes)
+    x_train, y_train = decode_folder(root / "train", classes, args.image_size)
+    x_val, y_val = decode_folder(root / "val", classes, args.image_size)
     mean = torch.tensor(cfg.data.mean, device=device).view(1, -1, 1, 1) * 255
     std = torch.tensor(cfg.data.std, device=device).view(1, -1, 1, 1) * 255
     x_val = ((x_val.to(device).float() - mean) / std).contiguous()

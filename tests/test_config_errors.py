@@ -30,7 +30,7 @@ def test_wrong_type_fails_naming_the_key(make_cfg, override, message):
 
 def test_missing_mandatory_value_fails_naming_the_key(make_cfg):
     with pytest.raises(ConfigError, match=r"no value for data\.num_classes .*set it: data\.num_classes=<value>"):
-        check_config(make_cfg("data=image_folder"))
+        check_config(make_cfg("data=video_folder"))
 
 
 def test_the_default_config_passes(make_cfg):

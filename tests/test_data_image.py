@@ -103,3 +103,27 @@ def test_image_folder_errors_name_the_problem(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), num_classes=5)
     with pytest.raises(ValueError, match=r"data.num_classes=5 but the data has 3 classes"):
         dm.check_num_classes()
+
+
+def test_image_folder_num_classes_comes_from_the_class_folders_before_the_net_is_built(make_cfg, tmp_path):
+    from trainer.build import build_net
+    from trainer.run import build_datamodule
+
+    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=1, splits=("train",))
+    cfg = make_cfg("data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16")
+    assert cfg.data.num_classes is None and cfg.model.num_classes is None  # null: not given
+    build_datamodule(cfg.data, cfg.augment)
+    assert cfg.data.num_classes == 3 and cfg.model.num_classes == 3  # the model's head reads it
+    assert build_net(cfg.model).classify(torch.zeros(2, 84)).shape == (2, 3)
+
+
+def test_image_folder_num_classes_given_is_checked_naming_both_numbers(make_cfg, tmp_path):
+    from trainer.run import build_datamodule
+
+    write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=1, splits=("train",))
+    given = make_cfg("data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=3")
+    build_datamodule(given.data, given.augment)
+    assert given.data.num_classes == 3
+    wrong = make_cfg("data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=5")
+    with pytest.raises(ValueError, match=r"data.num_classes=5 but the data has 3 classes .*set data.num_classes=3"):
+        build_datamodule(wrong.data, wrong.augment)
