@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -326,8 +327,6 @@ def available_memory() -> int:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -343,7 +342,7 @@ def check_fits(splits: list[Dataset], shape: tuple[int, int, int]) -> None:
         )
 
 
-def hold(split: Dataset, *, num_workers: int) -> InMemoryDataset:
+def hold(split: Dataset | DecodableSplit, *, num_workers: int) -> InMemoryDataset:
     if isinstance(getattr(split, "images", None), np.ndarray):
         return InMemoryDataset.from_arrays(split.images, split.targets)
     return InMemoryDataset(*split.decode_all(num_workers=num_workers))
