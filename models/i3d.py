@@ -113,3 +113,13 @@ class InceptionI3d(NamedStages):
 
     def stem(self, x: Tensor) -> Tensor:
         return self.Conv3d_1a_7x7(x)  # (B, 64, T/2, H/2, W/2)
+
+    def insert_after(self, stage: str, block: int, module: nn.Module) -> None:
+        # Inception modules change the width inside a stage: only a stage's last block has its channels.
+        last = len(self.stage_blocks(stage)) - 1
+        if block not in (-1, last):
+            raise ValueError(
+                f"I3D takes inserted modules (non-local blocks) only after a stage's last block, whose output has "
+                f"the stage's {self.stage_channels[stage]} channels: use {stage}: [-1], not block {block}"
+            )
+        super().insert_after(stage, block, module)

@@ -19,7 +19,7 @@ def backbone_of(net: nn.Module, format_name: str, wants: tuple[type, ...]) -> nn
     if not isinstance(backbone, wants):
         kinds = " or ".join(w.__name__ for w in wants)
         raise ValueError(
-            f"a {format_name} checkpoint loads into a {kinds} backbone; this net's backbone is "
+            f"a {format_name} checkpoint is for {kinds} backbones; this net's backbone is "
             f"{type(backbone).__name__} (pick the matching model=..., or model.pretrained_format=native)"
         )
     return backbone

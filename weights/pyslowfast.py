@@ -41,7 +41,8 @@ def matches(state: dict[str, Tensor]) -> bool:
 def convert(state: dict[str, Tensor], net: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
 
     two_pathways = any(k.startswith("s1.pathway1_stem.") for k in state)
-    backbone = backbone_of(net, "PySlowFast " + ("SlowFast" if two_pathways else "I3D"), (SlowFast, I3DResNet))
+    wants = (SlowFast,) if two_pathways else (I3DResNet,)
+    backbone = backbone_of(net, "PySlowFast " + ("SlowFast" if two_pathways else "one-pathway (I3D, Slow)"), wants)
     rename = _slowfast_key if isinstance(backbone, SlowFast) else _resnet3d_key
     head = "head.projection."
     return {"head." + k.removeprefix(head) if k.startswith(head) else rename(k): v for k, v in state.items()}, []
