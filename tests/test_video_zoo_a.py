@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 
 from features.extract import Embedder
 from models.net import Net
@@ -166,7 +167,7 @@ def test_non_local_blocks_go_into_the_video_backbones(make_cfg, model, overrides
 
 
 def test_i3d_takes_non_local_blocks_only_where_the_stage_width_holds(make_cfg):
-    with pytest.raises(ValueError, match=r"only after a stage's last block.*use Mixed_4f: \[-1\], not block -2"):
+    with pytest.raises(InstantiationException, match=r"only after a stage's last block.*Mixed_4f: \[-1\], not block 4"):
         net_of(
             make_cfg,
             "i3d",
@@ -177,7 +178,7 @@ def test_i3d_takes_non_local_blocks_only_where_the_stage_width_holds(make_cfg):
 
 
 def test_slowfast_refuses_non_local_blocks_with_the_reason(make_cfg):
-    with pytest.raises(ValueError, match="non-local blocks are not supported in SlowFast"):
+    with pytest.raises(InstantiationException, match="non-local blocks are not supported in SlowFast"):
         net_of(
             make_cfg,
             "slowfast",
