@@ -18,7 +18,7 @@ from torch import nn
 from runs.checkpoint import net_state_dict, stored_config
 from weights.pretrained import load_pretrained
 
-FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "channels_last")
+FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "pretrained_format", "channels_last")
 
 
 def build_net(model_cfg: DictConfig | dict, *, load_weights: bool = True, compile: bool = False) -> nn.Module:
@@ -30,7 +30,12 @@ def build_net(model_cfg: DictConfig | dict, *, load_weights: bool = True, compil
     options = {key: ctor.pop(key, None) for key in FRAMEWORK_KEYS}
     net = instantiate(ctor)
     if load_weights and options["pretrained"]:
-        load_pretrained(net, options["pretrained"], exclude=options["pretrained_exclude"] or ())
+        load_pretrained(
+            net,
+            options["pretrained"],
+            exclude=options["pretrained_exclude"] or (),
+            format=options["pretrained_format"],
+        )
     if options["channels_last"]:
         use_channels_last(net)
     if compile:

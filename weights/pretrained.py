@@ -6,6 +6,8 @@ Flow of ``load_pretrained(net, source)``:
                        a Lightning one from elsewhere, a raw state_dict), via torch.load(weights_only=True)
            --strip---> wrapper prefixes: ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``net.`` /
                        ``model.`` (LightningModule attributes)
+           --format--> a video model author's checkpoint (pytorch-i3d, C3D, PySlowFast, MMAction2; told by its keys
+                       or ``model.pretrained_format``) has its keys renamed onto the net's (weights/formats.py)
            --rename--> each key onto the net's keys: as it is, or under ``backbone.`` through the backbone's
                        torchvision layout (VGG's ``features.<i>`` regrouped into stages, a 2D ResNet's
                        names inside a 3D video ResNet)
@@ -32,12 +34,13 @@ from torchvision import models as tvm
 from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal
 
 from models.backbones import VGG, ResNet, StagedBackbone, VideoResNet
+from weights import formats
 
 log = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
 # Where other tools keep the model's state_dict inside a checkpoint dict.
-STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "module", "net")  # model_state: PySlowFast
 WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 Rename = Callable[[str], str]
@@ -48,6 +51,7 @@ class LoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     inflated: list[str] = field(default_factory=list)
+    reshaped: list[str] = field(default_factory=list)  # "key (checkpoint shape) -> target (model shape)"
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "key (checkpoint shape -> model shape)"
@@ -58,25 +62,32 @@ class LoadReport:
             return ", ".join(keys[:6]) + (f", ... (+{len(keys) - 6})" if len(keys) > 6 else "")
 
         lines = [f"pretrained {self.source}: loaded {len(self.loaded)} tensors ({len(self.inflated)} inflated 2D->3D)"]
-        for name in ("skipped", "excluded", "missing", "unexpected"):
+        for name in ("reshaped", "skipped", "excluded", "missing", "unexpected"):
             keys = getattr(self, name)
             if keys:
                 lines.append(f"  {name} ({len(keys)}): {few(keys)}")
         return "\n".join(lines)
 
 
-def load_pretrained(net: nn.Module, source: str | Path, *, exclude: Sequence[str] = ()) -> LoadReport:
-    """Load ``source`` into ``net`` in place; ``exclude``: key prefixes of the net never loaded (``head``)."""
+def load_pretrained(
+    net: nn.Module, source: str | Path, *, exclude: Sequence[str] = (), format: str | None = None
+) -> LoadReport:
+    """Load ``source`` into ``net`` in place; ``exclude``: key prefixes of the net never loaded (``head``);
+    ``format``: a checkpoint file's format (weights/formats.py; None: told by its keys)."""
     source = str(source)
     backbone = getattr(net, "backbone", None)
+    reshaped: list[str] = []
     if is_weights_name(source):
         state, layouts, label = torchvision_state(backbone, source)
+        state = strip_prefixes(state)
     else:
-        state, label = read_state_dict(source), source
+        state, label = strip_prefixes(read_state_dict(source)), source
         layouts = torchvision_layouts(backbone)
-    state = strip_prefixes(state)
+        state, reshaped, fmt = formats.convert(state, net, format)
+        label = label if fmt == "native" else f"{source} ({fmt})"
     renames = [lambda k: k, *(_under_backbone(f) for f in layouts)]
     report = assign(net, state, renames, exclude=tuple(exclude), label=label)
+    report.reshaped = reshaped
     if not report.loaded:
         ours = list(net.state_dict())[:4]
         raise ValueError(
