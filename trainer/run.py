@@ -23,6 +23,7 @@ from runs.distributed import end_processes
 from runs.faults import ResumeState, SaveOnSignal
 from runs.plots import plot_confusion
 from runs.results import git_state, package_versions, write_json
+from runs.trial import trial_callbacks
 from trainer.build import build_net, net_from_checkpoint
 from trainer.callbacks import History
 from trainer.checks import check_config, check_precision
@@ -47,7 +48,8 @@ def train(cfg: DictConfig) -> float | None:
     module = build_module(cfg, net, finetune)
     history = History(output_dir=str(run_dir))
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
-    trainer = build_trainer(cfg, extra_callbacks=[history, *faults, *([finetune] if finetune else [])])
+    extra = [history, *faults, *([finetune] if finetune else []), *trial_callbacks(cfg)]  # + Optuna pruning
+    trainer = build_trainer(cfg, extra_callbacks=extra)
     check_precision(net, trainer)
 
     start = time.perf_counter()
