@@ -418,3 +418,17 @@ class SweepSummary(Callback):
 
             study = load_study(str(sweeper.storage), str(sweeper.study_name))
         write_summary(Path(config.hydra.sweep.dir), metric=metric, mode=mode, study=study)
+
+
+class EnforceTags(Callback):
+    """``extras.enforce_tags``: a multirun with empty ``tags`` stops before its first job.
+
+    A Hydra callback's exceptions are only warned about, so this exits (SystemExit) with the message."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        extras = config.get("extras") or {}
+        if extras.get("enforce_tags") and not config.get("tags"):
+            raise SystemExit(
+                "error: a multirun needs tags, to tell its runs apart later in results.json and the summary: "
+                "add e.g. tags='[lr_sweep,lenet]' (or extras.enforce_tags=false)"
+            )

@@ -13,7 +13,6 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from subprocess import DEVNULL
 
 import optuna
 import pytest
@@ -24,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from runs.sweep import metric_mode, write_summary
-from runs.trial import load_trials
+from runs.trial import load_study, load_trials, open_storage
 from tests.conftest import ROOT, run_script
 from trainer.run import train
 
@@ -275,6 +274,16 @@ def test_a_hopeless_trial_is_pruned_early(make_cfg, tmp_path):
     assert results["epochs"] == 1  # stopped after the first of four epochs
 
 
+def test_journal_storage_file(tmp_path):
+    path = str(tmp_path / "sweep" / "optuna.log")
+    study = optuna.create_study(study_name="j", storage=open_storage(path), direction="maximize")
+    study.tell(study.ask(), 0.5)
+    assert [t.value for t in load_trials(path, "j")] == [0.5]
+    assert load_study(path, "other") is None and load_study(f"sqlite:///{tmp_path}/none.db", "j") is None
+    with pytest.raises(ValueError, match="ending in .log"):
+        open_storage(str(tmp_path / "optuna.db"))
+
+
 @pytest.mark.parametrize("search,pruner", [("digits_optuna", "MedianPruner"), ("cifar10_optuna", "HyperbandPruner")])
 def test_hparams_search_configs_compose(make_cfg, search, pruner):
     cfg = make_cfg(f"hparams_search={search}", small=False)
@@ -365,11 +374,11 @@ def test_optuna_sweep_continues_the_same_study(tmp_path):
     assert sorted(float(r["val/acc_best"]) for r in rows) == sorted(t.value for t in trials)
 
 
-def wait_for(condition, *, timeout: float, what: str) -> None:
+def wait_for(condition, *, timeout: float, what: str, log: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"gave up waiting for {what} (exit {proc.poll()}):\n{log.read_text()[-5000:]}")
         time.sleep(0.2)
 
 
@@ -398,11 +407,13 @@ def test_optuna_sweep_killed_mid_trial_resumes_and_finishes_the_total(tmp_path):
         return states == [(0, "COMPLETE"), (1, "RUNNING")] and reported >= 1
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=DEVNULL, stderr=DEVNULL
-    )
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
     try:
-        wait_for(trial_1_is_half_done, timeout=600, what="trial 1 to report its first epoch")
+        wait_for(trial_1_is_half_done, timeout=600, what="trial 1 to report its first epoch", log=log, proc=proc)
     finally:
         proc.kill()  # SIGKILL: no handler runs, the trial is left RUNNING in the study
         proc.wait()
