@@ -187,7 +187,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         sampler = self._shard_sampler(dataset, train=train)
-        if train and sampler is None:
+        # trainer.overfit_batches wants the same first batches every epoch: a plain, unshuffled loader.
+        overfit = self.trainer is not None and self.trainer.overfit_batches > 0
+        if train and sampler is None and not overfit:
             # An epoch's order depends only on (seed, epoch) and a mid-epoch checkpoint records the position.
             sampler = ResumableSampler(dataset, seed=self.seed)
         loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
@@ -197,7 +199,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         return loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train and sampler is None,
+            shuffle=train and sampler is None and not overfit,
             sampler=sampler,
             drop_last=train and len(sampler if sampler is not None else dataset) > self.batch_size,
             num_workers=workers,

@@ -65,3 +65,14 @@ def write_json(path: Path, obj: Any) -> Path:
     with atomic_open(path) as f:
         json.dump(to_plain(obj), f, indent=2, sort_keys=True)
     return path
+
+
+def run_tags(tags: Any) -> list[str]:
+    """``tags`` of the config as a list of strings for results.json: ``[a, b]``, or one tag ``a``."""
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    if not all(isinstance(t, str | int | float) and not isinstance(t, bool) for t in tags):
+        raise ValueError(f"tags={tags!r}: give a list of words, e.g. tags='[lr_sweep,lenet]'")
+    return [str(t) for t in tags]

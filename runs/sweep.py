@@ -8,8 +8,10 @@
   The best job maximises or minimises ``optimized_metric``: the sweeper's ``direction`` when it has one,
   else ``mode`` (max unless the metric's name says loss/error/time).
 
-``OptunaTotalTrials`` (hparams_search configs): makes ``hydra.sweeper.n_trials`` the size of the whole study
-  in its persistent storage, so running an interrupted (or finished) sweep again adds only the missing trials.
+  An Optuna sweep (hydra/sweeper=visfeat_optuna, whose jobs carry ``optuna.trial``) adds each job's trial
+  number and state (COMPLETE, PRUNED with its epoch), a table of the study's trials with the failed ones and
+  why, and Optuna's plots: plots/optuna_{history,importances,parallel_coordinate,intermediate_values}.png.
+  Pruned and failed trials are never the best job.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import json
 import logging
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
+
+from runs.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,9 @@ SEED_KEYS = ("seed",)
 # Per-job entries of results.json shown in the summary besides the val/ and test/ metrics.
 EXTRA_NUMBERS = ("epochs", "train_seconds")
 MINIMISED_WORDS = ("loss", "err", "time", "seconds")
+# Overrides the Optuna sweeper adds to every job (runs/trial.py): bookkeeping, not swept parameters.
+TRIAL_KEY = "optuna.trial"
+TRIAL_PREFIX = "optuna."
 
 
 # --- reading the jobs -------------------------------------------------------------------------------------
@@ -56,13 +64,17 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
             log.warning("skipping %s: %s", path, e)
             continue
         overrides = results.get("overrides") or []
+        params = parse_overrides(overrides)
+        trial = params.get(TRIAL_KEY)
         jobs.append(
             {
                 "job": str(path.parent.relative_to(sweep_dir)),
                 "overrides": overrides,
-                "params": parse_overrides(overrides),
+                "params": {k: v for k, v in params.items() if not k.startswith(TRIAL_PREFIX)},
                 "metrics": job_metrics(results),
                 "run_dir": results.get("run_dir", str(path.parent)),
+                "trial": int(trial) if trial is not None else None,
+                "state": None,
             }
         )
     return jobs
@@ -102,7 +114,11 @@ def metric_mode(metric: str, direction: Any = None) -> str:
 
 
 def best_job(jobs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    scored = [job for job in jobs if metric in job["metrics"] and not math.isnan(job["metrics"][metric])]
+    scored = [
+        job
+        for job in jobs
+        if metric in job["metrics"] and not math.isnan(job["metrics"][metric]) and job["state"] in (None, "COMPLETE")
+    ]
     if not scored:
         return None
     pick = max if mode == "max" else min
@@ -130,28 +146,59 @@ def group_over_seeds(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def write_summary(sweep_dir: Path, *, metric: str | None, mode: str) -> dict[str, Any] | None:
-    """summary.csv, summary.md and plots in ``sweep_dir``; returns the best job (None without metric/jobs)."""
+def write_summary(sweep_dir: Path, *, metric: str | None, mode: str, study: Any = None) -> dict[str, Any] | None:
+    """summary.csv, summary.md and plots in ``sweep_dir``; returns the best job (None without metric/jobs).
+
+    ``study``: the Optuna study of the sweep, for the trials' states and Optuna's plots."""
     jobs = read_jobs(sweep_dir)
     if not jobs:
         log.warning("no results.json under %s: no sweep summary", sweep_dir)
         return None
+    trials = study.get_trials(deepcopy=False) if study is not None else []
+    mark_trial_states(jobs, trials)
     params = swept_params(jobs)
     metrics = list(dict.fromkeys(k for job in jobs for k in job["metrics"]))
     groups = group_over_seeds(jobs)
     best = best_job(jobs, metric, mode) if metric else None
     write_csv(sweep_dir / "summary.csv", jobs, params, metrics, groups)
-    write_markdown(sweep_dir / "summary.md", jobs, params, metrics, groups, metric=metric, mode=mode, best=best)
+    write_markdown(
+        sweep_dir / "summary.md",
+        jobs,
+        params,
+        metrics,
+        groups,
+        metric=metric,
+        mode=mode,
+        best=best,
+        extra=study_lines(study, trials) if trials else [],
+    )
     if metric:
         plot_metric(sweep_dir / "plots", jobs, params, metric)
+    if study is not None:
+        plot_study(sweep_dir / "plots", study, metric=metric or "value")
     log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(jobs))
     return best
 
 
+def mark_trial_states(jobs: list[dict[str, Any]], trials: list) -> None:
+    """Each job of an Optuna trial gets the trial's state: COMPLETE, PRUNED (with its epoch), FAIL, ..."""
+    from runs.trial import PRUNED_EPOCH
+
+    by_number = {t.number: t for t in trials}
+    for job in jobs:
+        trial = by_number.get(job["trial"])
+        if trial is not None:
+            job["state"] = trial.state.name
+            if trial.state.name == "PRUNED" and PRUNED_EPOCH in trial.user_attrs:
+                job["state"] = f"PRUNED after epoch {trial.user_attrs[PRUNED_EPOCH]}"
+
+
 def write_csv(path: Path, jobs, params, metrics, groups) -> None:
     group_of = {id(job): group for group in groups for job in group["jobs"]}
+    optuna = any(job["trial"] is not None for job in jobs)
     header = [
         "job",
+        *(["trial", "state"] if optuna else []),
         *params,
         *metrics,
         "n_seeds",
@@ -171,6 +218,7 @@ def write_csv(path: Path, jobs, params, metrics, groups) -> None:
             writer.writerow(
                 [
                     job["job"],
+                    *([blank(job["trial"]), job["state"] or ""] if optuna else []),
                     *(job["params"].get(p, "") for p in params),
                     *(blank(job["metrics"].get(m)) for m in metrics),
                     len(group_of[id(job)]["jobs"]),
@@ -197,7 +245,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, best) -> None:
+def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, best, extra=()) -> None:
     lines = [f"# Sweep summary: {len(jobs)} jobs", ""]
     if best is not None:
         lines += [
@@ -208,11 +256,13 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
     elif metric:
         lines += [f"No job recorded {metric}.", ""]
     lines += ["## Jobs", ""]
+    optuna = any(j["trial"] is not None for j in jobs)
     lines += markdown_table(
-        ["job", *params, *metrics, "run dir"],
+        ["job", *(["trial", "state"] if optuna else []), *params, *metrics, "run dir"],
         [
             [
                 j["job"],
+                *([str(j["trial"]), j["state"] or ""] if optuna else []),
                 *(j["params"].get(p, "") for p in params),
                 *(fmt(j["metrics"].get(m)) for m in metrics),
                 j["run_dir"],
@@ -230,7 +280,10 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
             cells.append("" if mean is None else f"{mean:.4g} ± {fmt(std) or '-'} ({n})")
         rows.append([*(group["config"].get(p, "") for p in config_params), *cells])
     lines += markdown_table([*config_params, *metrics], rows)
-    path.write_text("\n".join(lines) + "\n")
+    if extra:
+        lines += ["", *extra]
+    with atomic_open(path) as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def plot_metric(plot_dir: Path, jobs, params, metric: str) -> list[Path]:
@@ -267,6 +320,76 @@ def plot_metric(plot_dir: Path, jobs, params, metric: str) -> list[Path]:
     return paths
 
 
+def study_lines(study: Any, trials: list) -> list[str]:
+    """summary.md's section on the Optuna study: trials per state, and every trial that did not complete."""
+    from runs.trial import FAIL_REASON, PRUNED_EPOCH, RETRY_OF
+
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    lines = [
+        f"## Optuna study `{study.study_name}`: {len(trials)} trials",
+        "",
+        ", ".join(f"{n} {state.lower()}" for state, n in counts.items()) + ".",
+        "",
+    ]
+    rows = []
+    for trial in trials:
+        if trial.state.name == "COMPLETE":
+            continue
+        note = trial.user_attrs.get(FAIL_REASON, "")
+        if PRUNED_EPOCH in trial.user_attrs:
+            note = f"pruned after epoch {trial.user_attrs[PRUNED_EPOCH]}"
+        if RETRY_OF in trial.user_attrs:
+            note = f"{note} (rerun of trial {trial.user_attrs[RETRY_OF]})".strip()
+        params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        rows.append([str(trial.number), trial.state.name, fmt(trial.value), params, note.replace("|", "/")])
+    if rows:
+        lines += markdown_table(["trial", "state", "value", "params", "note"], rows)
+    return lines
+
+
+def plot_study(plot_dir: Path, study: Any, *, metric: str) -> list[Path]:
+    """Optuna's own plots of the study (optuna.visualization.matplotlib) as PNGs; a plot that needs more
+    trials than there are (importances need two complete ones) is left out with a log line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {
+        "optuna_history": optuna_plots.plot_optimization_history,
+        "optuna_importances": optuna_plots.plot_param_importances,
+        "optuna_parallel_coordinate": optuna_plots.plot_parallel_coordinate,
+        "optuna_intermediate_values": optuna_plots.plot_intermediate_values,
+    }
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, plot in plots.items():
+        if name == "optuna_importances" and len(complete) < 2:
+            log.info("no %s plot: needs 2 complete trials, the study has %d", name, len(complete))
+            continue
+        try:
+            kwargs = {} if name == "optuna_intermediate_values" else {"target_name": metric}
+            with warnings.catch_warnings():  # Optuna calls its matplotlib plots experimental (since v2.2)
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                ax = plot(study, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            log.info("no %s plot: %s", name, e)
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.set_size_inches(7, 4.5)
+        fig.tight_layout()
+        path = plot_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def as_float(value: str) -> float | None:
     try:
         return float(value)
@@ -287,50 +410,25 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         metric = self.metric or config.get("optimized_metric")
-        mode = self.mode or metric_mode(metric or "", config.hydra.sweeper.get("direction"))
-        write_summary(Path(config.hydra.sweep.dir), metric=metric, mode=mode)
+        sweeper = config.hydra.sweeper
+        mode = self.mode or metric_mode(metric or "", sweeper.get("direction"))
+        study = None
+        if sweeper.get("storage") and sweeper.get("study_name"):  # an Optuna sweep
+            from runs.trial import load_study
+
+            study = load_study(str(sweeper.storage), str(sweeper.study_name))
+        write_summary(Path(config.hydra.sweep.dir), metric=metric, mode=mode, study=study)
 
 
-class OptunaTotalTrials(Callback):
-    """Counts the finished trials already in the study's storage against ``hydra.sweeper.n_trials``.
+class EnforceTags(Callback):
+    """``extras.enforce_tags``: a multirun with empty ``tags`` stops before its first job.
 
-    The Optuna sweeper loads an existing study (``load_if_exists``) but then runs ``n_trials`` more; this
-    lowers the sweeper's ``n_trials`` to the trials still missing before the sweeper is built. Trials that
-    failed or were interrupted (left RUNNING) are not counted, so they are run again. A seeded sampler would
-    replay the random start of the study on every rerun; its seed is moved on by the finished trials.
-    """
+    A Hydra callback's exceptions are only warned about, so this exits (SystemExit) with the message."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweeper = config.hydra.sweeper
-        if not sweeper.get("storage") or not sweeper.get("study_name"):
-            return
-        done = finished_trials(sweeper.storage, sweeper.study_name)
-        missing = max(0, int(sweeper.n_trials) - done)
-        log.info(
-            "Optuna study %s has %d finished trials; running %d more (n_trials=%d)",
-            sweeper.study_name,
-            done,
-            missing,
-            sweeper.n_trials,
-        )
-        with read_write(sweeper), open_dict(sweeper):
-            sweeper.n_trials = missing
-            if done and sweeper.get("sampler") and sweeper.sampler.get("seed") is not None:
-                sweeper.sampler.seed = int(sweeper.sampler.seed) + done
-
-
-def finished_trials(storage: str, study_name: str) -> int:
-    import optuna
-
-    if storage.startswith("sqlite:///"):
-        # The sweeper opens the study before any job has made the sweep dir; SQLite needs the folder.
-        database = Path(storage.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        if not database.exists():
-            return 0
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:  # no such study yet
-        return 0
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+        extras = config.get("extras") or {}
+        if extras.get("enforce_tags") and not config.get("tags"):
+            raise SystemExit(
+                "error: a multirun needs tags, to tell its runs apart later in results.json and the summary: "
+                "add e.g. tags='[lr_sweep,lenet]' (or extras.enforce_tags=false)"
+            )

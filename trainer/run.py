@@ -19,12 +19,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data.base import ClassificationDataModule
 from runs.checkpoint import load_checkpoint, stored_config
+from runs.console import StepLogInterval, start_console
 from runs.distributed import end_processes
 from runs.faults import ResumeState, SaveOnSignal
 from runs.lock import lock_run_dir
 from runs.plots import plot_confusion
-from runs.results import git_state, package_versions, write_json
+from runs.results import git_state, package_versions, run_tags, write_json
 from runs.resume import resumed_config
+from runs.trial import trial_callbacks
 from trainer.build import build_net, net_from_checkpoint
 from trainer.callbacks import History
 from trainer.checks import (
@@ -52,6 +54,7 @@ def train(cfg: DictConfig) -> float | None:
 
 def fit_and_test(cfg: DictConfig) -> float | None:
     check_config(cfg)
+    start_console(cfg)  # third-party noise filtered; the config tree (extras.print_config)
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.output_dir)
 
@@ -64,7 +67,8 @@ def fit_and_test(cfg: DictConfig) -> float | None:
     module = build_module(cfg, net, finetune)
     history = History(output_dir=str(run_dir))
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
-    trainer = build_trainer(cfg, extra_callbacks=[history, *faults, *([finetune] if finetune else [])])
+    extra = [history, *faults, *([finetune] if finetune else []), StepLogInterval(), *trial_callbacks(cfg)]
+    trainer = build_trainer(cfg, extra_callbacks=extra)
     check_precision(net, trainer)
     skipped_eval = check_before_first_step(datamodule, trainer)
 
@@ -99,6 +103,7 @@ def fit_and_test(cfg: DictConfig) -> float | None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a checkpoint on the test split of the data config stored in it (or of the one given)."""
     check_eval_config(cfg)
+    start_console(cfg)
     ckpt = load_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path))
     data_cfg = merge_data_config(stored, cfg)
@@ -199,6 +204,7 @@ def run_metadata(cfg: DictConfig, datamodule: ClassificationDataModule) -> dict[
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     return {
         "seed": cfg.get("seed"),
+        "tags": run_tags(cfg.get("tags")),
         "overrides": overrides,
         "run_dir": str(cfg.paths.output_dir),
         "versions": package_versions(),
