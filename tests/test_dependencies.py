@@ -10,6 +10,8 @@ import tomllib
 
 from tests.conftest import ROOT
 
+# Imported inside ``try: ... except ImportError`` (used when installed): declared in an extra, maybe not installed.
+OPTIONAL = {"umap": "umap-learn"}
 LOCAL = {p.stem for p in ROOT.iterdir() if (p.is_dir() and not p.name.startswith(".")) or p.suffix == ".py"}
 
 
@@ -36,14 +38,15 @@ def imported_modules() -> dict[str, str]:
 
 def test_every_third_party_import_is_a_declared_dependency():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    requirements = [r for extra in project["optional-dependencies"].values() for r in extra]
+    requirements += project["dependencies"]
     declared = {re.match(r"[A-Za-z0-9._-]+", r)[0].lower() for r in requirements}
     providers = importlib.metadata.packages_distributions()
     missing = {}
     for module, where in imported_modules().items():
         if module in sys.stdlib_module_names or module in LOCAL or module == "__main__":
             continue
-        dists = {d.lower() for d in providers.get(module, [])}
+        dists = {d.lower() for d in providers.get(module, [])} or ({OPTIONAL[module]} if module in OPTIONAL else set())
         assert dists, f"{module} (imported in {where}) is installed by no distribution"
         if not dists & declared:
             missing[module] = (where, sorted(dists))
