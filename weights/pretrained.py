@@ -6,7 +6,9 @@ Flow of ``load_pretrained(net, source)``:
                        a Lightning one from elsewhere, a raw state_dict), via torch.load(weights_only=True)
            --strip---> wrapper prefixes: ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``net.`` /
                        ``model.`` (LightningModule attributes)
-           --rename--> each key onto the net's keys: as it is, or under ``backbone.`` through the backbone's
+           --rename--> each key onto the net's keys: as it is, through the backbone's published format
+                       (weights/published.py: PySlowFast X3D, MMAction2 TSM, torchvision video heads), or
+                       under ``backbone.`` through the backbone's
                        torchvision layout (VGG's ``features.<i>`` regrouped into stages, a 2D ResNet's
                        names inside a 3D video ResNet)
            --inflate-> 2D conv kernels (O, I, kh, kw) into 3D ones (O, I, kt, kh, kw) (I3D: repeated over
@@ -32,12 +34,14 @@ from torchvision import models as tvm
 from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal
 
 from models.backbones import VGG, ResNet, StagedBackbone, VideoResNet
+from models.tv_video import TorchvisionVideo
+from weights.published import published_renames
 
 log = logging.getLogger(__name__)
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "net.", "model.")
 # Where other tools keep the model's state_dict inside a checkpoint dict.
-STATE_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+STATE_KEYS = ("state_dict", "model", "model_state_dict", "model_state", "module", "net")
 WEIGHTS_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 Rename = Callable[[str], str]
@@ -75,7 +79,7 @@ def load_pretrained(net: nn.Module, source: str | Path, *, exclude: Sequence[str
         state, label = read_state_dict(source), source
         layouts = torchvision_layouts(backbone)
     state = strip_prefixes(state)
-    renames = [lambda k: k, *(_under_backbone(f) for f in layouts)]
+    renames = [lambda k: k, *published_renames(backbone), *(_under_backbone(f) for f in layouts)]
     report = assign(net, state, renames, exclude=tuple(exclude), label=label)
     if not report.loaded:
         ours = list(net.state_dict())[:4]
@@ -183,6 +187,8 @@ def torchvision_builder(backbone: nn.Module | None, name: str) -> str:
     if isinstance(backbone, VGG):
         convs = sum(isinstance(m, nn.Conv2d) for m in backbone.modules())
         return f"vgg{convs + 3}_bn"  # + the three fully connected layers of the classifier
+    if isinstance(backbone, TorchvisionVideo):
+        return backbone.arch
     if isinstance(backbone, VideoResNet):
         if isinstance(backbone.layer1[0].conv1[0], Conv2Plus1D):
             return "r2plus1d_18"
@@ -190,7 +196,7 @@ def torchvision_builder(backbone: nn.Module | None, name: str) -> str:
     kind = type(backbone).__name__ if backbone is not None else "a net without a backbone"
     raise ValueError(
         f"model.pretrained={name} names torchvision weights, but {kind} has no torchvision counterpart "
-        f"(ResNet, VGG and VideoResNet have); give the path of a checkpoint instead"
+        f"(ResNet, VGG, VideoResNet, TSM and the torchvision video models have); give the path of a checkpoint instead"
     )
 
 
