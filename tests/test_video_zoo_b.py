@@ -154,6 +154,18 @@ def test_non_local_blocks_go_into_the_stages_of_every_kind_of_backbone():
         assert any(k.startswith("backbone.inserted.") for k in net.state_dict()), name
 
 
+def test_transformer_states_turn_into_maps_and_back():
+    swin, mvit = backbone("swin3d_t"), backbone("mvit_v2_s")
+    tokens = torch.randn(2, 4, 3, 5, 96)  # Swin: (B, t, h, w, C)
+    assert swin.to_map(tokens).shape == (2, 96, 4, 3, 5)
+    torch.testing.assert_close(swin.from_map(swin.to_map(tokens), tokens), tokens)
+    state = (torch.randn(2, 1 + 4 * 3 * 5, 96), (4, 3, 5))  # MViT: class token + t*h*w positions
+    fmap = mvit.to_map(state)
+    assert fmap.shape == (2, 96, 4, 3, 5)
+    torch.testing.assert_close(fmap[:, :, 1, 2, 3], state[0][:, 1 + (1 * 3 + 2) * 5 + 3])
+    torch.testing.assert_close(mvit.from_map(fmap, state)[0], state[0])
+
+
 # --- TSM --------------------------------------------------------------------------------------------------
 
 
