@@ -7,7 +7,6 @@ hand-written reference, and a timm per-frame CNN learning the motion-order task.
 
 from __future__ import annotations
 
-import functools
 from functools import partial
 
 import pytest
@@ -42,11 +41,20 @@ BUILDERS = {
 ZOO = [*FAST, *(pytest.param(name, marks=pytest.mark.slow) for name in SLOW)]  # x3d, tsm, then torchvision's
 
 
-@functools.cache
-def backbone(name: str):
-    """One instance per model for the whole module (building the large ones takes seconds)."""
-    torch.manual_seed(0)
-    return BUILDERS[name]()
+@pytest.fixture(scope="module")
+def backbone():
+    """``backbone(name)``: one instance per model for this module (building the large ones takes seconds),
+    freed after it."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = BUILDERS[name]()
+        return cache[name]
+
+    yield get
+    cache.clear()
 
 
 def count(module: torch.nn.Module) -> int:
@@ -57,18 +65,18 @@ def count(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", ZOO[2:])
-def test_torchvision_models_have_torchvisions_parameters_without_the_classifier(name):
+def test_torchvision_models_have_torchvisions_parameters_without_the_classifier(backbone, name):
     b = backbone(name)
     published = tvm.get_model_weights(name).KINETICS400_V1.meta["num_params"]  # torchvision's own count
     assert count(b) == published - (b.num_features * 400 + 400)
 
 
-def test_tsm_has_the_resnet50_parameters_without_the_classifier():
+def test_tsm_has_the_resnet50_parameters_without_the_classifier(backbone):
     # The shift adds no parameters: torchvision's ResNet-50 (25,557,032) minus its 2048 x 1000 classifier.
     assert count(backbone("tsm")) == tvm.ResNet50_Weights.IMAGENET1K_V1.meta["num_params"] - (2048 * 1000 + 1000)
 
 
-def test_x3d_parameters_match_the_published_count():
+def test_x3d_parameters_match_the_published_count(backbone):
     # With the 400-class head: 3.79M in pytorchvideo's model zoo (X3D-XS/S/M, one network), 3.8M in
     # PySlowFast's MODEL_ZOO.md; the variants differ only in their input clip.
     with_head = count(backbone("x3d")) + 2048 * 400 + 400
@@ -100,7 +108,7 @@ def test_timm_backbone_has_timms_parameters_without_the_classifier():
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_clips_of_8_16_and_32_frames_give_logits_and_stage_maps(name):
+def test_clips_of_8_16_and_32_frames_give_logits_and_stage_maps(backbone, name):
     net = Net(backbone=backbone(name), num_classes=4).eval()
     b = net.backbone
     with torch.no_grad():
@@ -115,7 +123,7 @@ def test_clips_of_8_16_and_32_frames_give_logits_and_stage_maps(name):
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_one_training_step_moves_every_weight_that_gets_a_gradient(name):
+def test_one_training_step_moves_every_weight_that_gets_a_gradient(backbone, name):
     torch.manual_seed(0)
     net = Net(backbone=backbone(name), num_classes=4).train()
     frames = 8 if name == "s3d" else 4  # S3D pools time by 8 before its last stage
@@ -154,7 +162,7 @@ def test_non_local_blocks_go_into_the_stages_of_every_kind_of_backbone():
         assert any(k.startswith("backbone.inserted.") for k in net.state_dict()), name
 
 
-def test_transformer_states_turn_into_maps_and_back():
+def test_transformer_states_turn_into_maps_and_back(backbone):
     swin, mvit = backbone("swin3d_t"), backbone("mvit_v2_s")
     tokens = torch.randn(2, 4, 3, 5, 96)  # Swin: (B, t, h, w, C)
     assert swin.to_map(tokens).shape == (2, 96, 4, 3, 5)
@@ -316,7 +324,7 @@ def test_x3d_loads_pyslowfast_pyth_checkpoints_key_for_key(tmp_path, num_classes
 
 
 @pytest.mark.parametrize("name", ["swin3d_t", "mvit_v2_s"])
-def test_torchvision_weights_load_and_give_torchvisions_logits(tmp_path, name):
+def test_torchvision_weights_load_and_give_torchvisions_logits(backbone, tmp_path, name):
     torch.manual_seed(1)
     ref = getattr(tvv, name)().eval()
     if name == "mvit_v2_s":  # torchvision's MViT reads the token grid from these; ours from the input
@@ -331,7 +339,7 @@ def test_torchvision_weights_load_and_give_torchvisions_logits(tmp_path, name):
         torch.testing.assert_close(net(x), ref(x), rtol=1e-4, atol=1e-4)
 
 
-def test_s3d_loads_torchvisions_weights_and_pools_as_torchvision_does(tmp_path):
+def test_s3d_loads_torchvisions_weights_and_pools_as_torchvision_does(backbone, tmp_path):
     torch.manual_seed(1)
     ref = tvv.s3d().eval()
     path = tmp_path / "s3d.pth"
@@ -349,12 +357,12 @@ def test_s3d_loads_torchvisions_weights_and_pools_as_torchvision_does(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_s3d_refuses_clips_too_short_for_its_temporal_pooling():
+def test_s3d_refuses_clips_too_short_for_its_temporal_pooling(backbone):
     with pytest.raises(ValueError, match="at least 8 frames"):
         backbone("s3d").forward_pooled(torch.zeros(1, 3, 4, 32, 32))
 
 
-def test_torchvision_weight_names_resolve_for_the_video_models():
+def test_torchvision_weight_names_resolve_for_the_video_models(backbone):
     from weights.pretrained import torchvision_builder
 
     for name in ("s3d", "mvit_v2_s", "swin3d_t"):
