@@ -105,3 +105,10 @@ def test_airbench_side_by_side_prints_the_ratio_line(monkeypatch, capsys, tmp_pa
     assert re.fullmatch(
         rf"acc_ours=[01]\.\d{{4}} acc_ref=[01]\.\d{{4}} time_ratio={NUMBER}", out.strip().splitlines()[-1]
     )
+
+
+def test_video_models_prints_one_row_per_model(monkeypatch, capsys):
+    args = ["--models", "x3d", "--frames", "4", "--size", "32", "--batch-size", "2", "--steps", "1", "--repeats", "1"]
+    out = run_bench("video_models", args, monkeypatch, capsys)
+    assert re.search(rf"^\|\s+x3d \|( +{NUMBER} \|){{6}}$", out, re.M)
+    assert "clips 2 x 3 x 4 x 32 x 32" in out

@@ -7,8 +7,11 @@ Flow of ``load_pretrained(net, source)``:
            --strip---> wrapper prefixes: ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``net.`` /
                        ``model.`` (LightningModule attributes)
            --format--> a video model author's checkpoint (pytorch-i3d, C3D, PySlowFast, MMAction2; told by its keys
-                       or ``model.pretrained_format``) has its keys renamed onto the net's (weights/formats.py)
-           --rename--> each key onto the net's keys: as it is, or under ``backbone.`` through the backbone's
+                       or ``model.pretrained_format``) has its keys renamed onto the net's (weights/formats.py);
+                       not for backbones that name their own published format (below), unless the format is given
+           --rename--> each key onto the net's keys: as it is, through the backbone's published format
+                       (weights/published.py: PySlowFast X3D, MMAction2 TSM, torchvision video heads), or
+                       under ``backbone.`` through the backbone's
                        torchvision layout (VGG's ``features.<i>`` regrouped into stages, a 2D ResNet's
                        names inside a 3D video ResNet)
            --inflate-> 2D conv kernels (O, I, kh, kw) into 3D ones (O, I, kt, kh, kw) (I3D: repeated over
@@ -34,7 +37,9 @@ from torchvision import models as tvm
 from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal
 
 from models.backbones import VGG, ResNet, StagedBackbone, VideoResNet
+from models.tv_video import TorchvisionVideo
 from weights import formats
+from weights.published import published_renames
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +88,10 @@ def load_pretrained(
     else:
         state, label = strip_prefixes(read_state_dict(source)), source
         layouts = torchvision_layouts(backbone)
-        state, reshaped, fmt = formats.convert(state, net, format)
-        label = label if fmt == "native" else f"{source} ({fmt})"
-    renames = [lambda k: k, *(_under_backbone(f) for f in layouts)]
+        if format is not None or not published_renames(backbone):
+            state, reshaped, fmt = formats.convert(state, net, format)
+            label = label if fmt == "native" else f"{source} ({fmt})"
+    renames = [lambda k: k, *published_renames(backbone), *(_under_backbone(f) for f in layouts)]
     report = assign(net, state, renames, exclude=tuple(exclude), label=label)
     report.reshaped = reshaped
     if not report.loaded:
@@ -194,6 +200,8 @@ def torchvision_builder(backbone: nn.Module | None, name: str) -> str:
     if isinstance(backbone, VGG):
         convs = sum(isinstance(m, nn.Conv2d) for m in backbone.modules())
         return f"vgg{convs + 3}_bn"  # + the three fully connected layers of the classifier
+    if isinstance(backbone, TorchvisionVideo):
+        return backbone.arch
     if isinstance(backbone, VideoResNet):
         if isinstance(backbone.layer1[0].conv1[0], Conv2Plus1D):
             return "r2plus1d_18"
@@ -201,7 +209,7 @@ def torchvision_builder(backbone: nn.Module | None, name: str) -> str:
     kind = type(backbone).__name__ if backbone is not None else "a net without a backbone"
     raise ValueError(
         f"model.pretrained={name} names torchvision weights, but {kind} has no torchvision counterpart "
-        f"(ResNet, VGG and VideoResNet have); give the path of a checkpoint instead"
+        f"(ResNet, VGG, VideoResNet, TSM and the torchvision video models have); give the path of a checkpoint instead"
     )
 
 
