@@ -72,6 +72,10 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         path, label = self.samples[i]
         try:
