@@ -14,8 +14,9 @@ eager net's by more than ``atol + rtol * max|eager|`` is not written, and the er
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +101,37 @@ def input_shape(config: dict[str, Any], given: Sequence[int] | None) -> tuple[in
     return channels, int(size), int(size)
 
 
+# Loggers of the ONNX exporter's graph passes: an INFO line per pass ("Removed 18 unused nodes").
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: Sequence[str], level: int = logging.WARNING) -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, levels, strict=True):
+            lg.setLevel(old)
+
+
 def export_onnx(net: nn.Module, example: Tensor, path: Path, *, opset: int) -> None:
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(
-        net,
-        (example,),
-        dynamo=True,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        opset_version=opset,
-        verbose=False,
-    )
-    program.save(str(path))
+    with quiet_loggers(EXPORTER_LOGGERS):
+        program = torch.onnx.export(
+            net,
+            (example,),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
+        program.save(str(path))
 
 
 def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> None:
