@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,18 @@ def export_onnx(net: nn.Module, example: Tensor, path: Path, *, opset: int) -> N
         program.save(str(path))
 
 
+@contextlib.contextmanager
+def jit_deprecation_quiet() -> Iterator[None]:
+    """torch (2.15 here) warns that torch.jit is deprecated on every call; format=torchscript asks for it knowingly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def export_torchscript(net: nn.Module, example: Tensor, path: Path) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), jit_deprecation_quiet():
         traced = torch.jit.trace(net, (example,), check_trace=False)
-    torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path))
 
 
 def check_outputs(
@@ -177,7 +186,8 @@ def onnx_runner(path: Path):
 
 
 def torchscript_runner(path: Path):
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with jit_deprecation_quiet():
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(x: Tensor) -> np.ndarray:
         with torch.no_grad():
