@@ -19,7 +19,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from data.in_memory import InMemoryDataset, augment_batch, hold_in_memory
 from data.resumable import ResumableLoader, ResumableSampler
-from data.sampler import shard_sampler
+from data.sampler import SAMPLERS, shard_sampler, train_sampler
 
 # Per-sample keys whose values differ in shape between samples; they stay Python lists.
 LIST_KEYS = ("boxes", "path")
@@ -82,6 +82,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             ``check_num_classes`` compares it with what the data holds. None: what the data holds (class
             folders, class-index file), which ``check_num_classes`` returns for the config to take.
         mean / std: per-channel statistics used for normalisation (read by the augment config).
+        sampler: training order: ``random`` (a seeded shuffle) or ``balanced`` (classes drawn equally often, with
+            replacement; data/sampler.py). Both resume exactly mid-epoch.
     """
 
     def __init__(
@@ -98,8 +100,12 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_classes: int | None = None,
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        sampler: str = "random",
     ) -> None:
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={sampler!r} is unknown; choose one of {SAMPLERS}")
+        self.sampler_kind = sampler
         self.expected_num_classes = num_classes
         self.mean, self.std = mean, std
         if int(batch_size) < 1:
@@ -151,6 +157,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         return actual
 
     # --- shared -------------------------------------------------------------------------------------
+    def train_targets(self) -> np.ndarray:
+        """Labels of the training split, one per sample (class weights, the balanced sampler)."""
+        self.setup("fit")
+        return dataset_targets(self.train_set)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             splits, self.batch_transforms = hold_in_memory(
@@ -191,7 +202,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         overfit = self.trainer is not None and self.trainer.overfit_batches > 0
         if train and sampler is None and not overfit:
             # An epoch's order depends only on (seed, epoch) and a mid-epoch checkpoint records the position.
-            sampler = ResumableSampler(dataset, seed=self.seed)
+            targets = self._sampler_targets(train)
+            sampler = train_sampler(dataset, kind=self.sampler_kind, targets=targets, seed=self.seed)
         loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
         # A batch of an in-memory split is one indexing of a tensor (microseconds): worker processes would only
         # add a copy through shared memory per batch and take cores from the training step.
@@ -216,8 +228,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         if trainer is None or trainer.world_size == 1:
             return None
         return shard_sampler(
-            dataset, train=train, num_replicas=trainer.world_size, rank=trainer.global_rank, seed=self.seed
+            dataset,
+            train=train,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            seed=self.seed,
+            kind=self.sampler_kind,
+            targets=self._sampler_targets(train),
         )
+
+    def _sampler_targets(self, train: bool) -> np.ndarray | None:
+        return self.train_targets() if train and self.sampler_kind == "balanced" else None
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
@@ -227,6 +248,21 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, train=False)
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray:
+    """``dataset.targets`` as int64 ``(len(dataset),)``: every dataset of a DataModule lists its labels so that
+    class statistics never need to load (decode) a sample."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(
+            f"{type(dataset).__name__} has no `targets` (one label per sample); data.sampler=balanced and "
+            f"module.class_weights=balanced need it: add a `targets` attribute or property to the dataset"
+        )
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.shape != (len(dataset),):
+        raise ValueError(f"{type(dataset).__name__}.targets has shape {targets.shape}, expected ({len(dataset)},)")
+    return targets
 
 
 class ArrayDataset(Dataset):

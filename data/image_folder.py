@@ -87,6 +87,10 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
     def read(self, i: int) -> np.ndarray | None:
         """Image ``i`` as RGB uint8 (H, W, 3); None for an unreadable file when ``skip_unreadable`` is set."""
         path = self.samples[i][0]

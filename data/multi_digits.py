@@ -61,6 +61,10 @@ class MultiDigitsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images) * self.objects
 
+    @property
+    def targets(self) -> np.ndarray:
+        return self.labels.reshape(-1)  # sample i is object i % K of canvas i // K
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         m, k = divmod(i, self.objects)
         image = self.images[m]

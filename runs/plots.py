@@ -43,7 +43,9 @@ def plot_curves(history: Sequence[dict], out_dir: Path) -> list[Path]:
 
 
 def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -> Path:
-    """Row-normalised confusion matrix (rows: true class) with counts in the cells when it is small."""
+    """Row-normalised confusion matrix (rows: true class; a cell is the fraction of that class predicted as the
+    column's class), with the fractions in the cells when it is small (up to 20 classes), and the counts
+    below them up to 10 classes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(matrix)
     norm = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -56,7 +58,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
                 ax.text(
                     j,
                     i,
-                    int(matrix[i, j]),
+                    f"{norm[i, j]:.2f}\n{int(matrix[i, j])}" if n <= 10 else f"{norm[i, j]:.2f}",
                     ha="center",
                     va="center",
                     fontsize=7,
@@ -66,6 +68,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path) -
         ax.set_yticks(range(n), class_names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title("fraction of each true class (count below)" if n <= 10 else "fraction of each true class", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

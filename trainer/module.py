@@ -7,11 +7,19 @@ tensors and plain data and load with ``torch.load(weights_only=True)``.
 Clip-level vs video-level testing: a test batch may carry ``video`` (the index of the video each view
 comes from). Logits of all views of a video are averaged; ``test/acc`` is then the video-level accuracy
 and ``test/clip_acc`` the accuracy of single views.
+
+Metrics for imbalanced data: top-1 accuracy comes from a confusion matrix per split (one update per step, as
+the accuracy metric it replaces), which also gives the mean-class accuracy ``val/acc_macro`` / ``test/acc_macro``
+(the mean over the classes present of each class's accuracy) and, at test, the per-class accuracies.
+``class_weights`` weights the training loss per class: ``balanced`` (inverse class frequency of the training
+split, read from the DataModule when fitting starts) or one float per class. Validation and test losses stay
+unweighted, so they compare across runs with and without weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,9 +29,12 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from data.sampler import balanced_class_weights
 from runs.faults import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
 from trainer.tta import check_tta, tta_logits
+
+log = logging.getLogger(__name__)
 
 
 class ClassificationModule(pl.LightningModule):
@@ -44,6 +55,7 @@ class ClassificationModule(pl.LightningModule):
         group_params: Callable[..., list[dict]] | None = None,
         norm_group: bool = False,
         tta: str = "none",
+        class_weights: str | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.nonfinite = check_nonfinite_mode(nonfinite)
@@ -65,13 +77,18 @@ class ClassificationModule(pl.LightningModule):
         self.norm_group = norm_group
         self.tta = check_tta(tta)  # test-time augmentation of the test split (trainer/tta.py)
         n = net.num_classes
+        # "balanced" is resolved in setup(), from the training labels; a list is checked here, before any training.
+        self.class_weights_option = class_weights
+        self.register_buffer("class_weights", check_class_weights(class_weights, n), persistent=False)
         # Top-5 says little with 10 classes or fewer (CIFAR-10: ~99.9 %), and each logged value costs ~1 ms per epoch.
         self.top_k = (1, 5) if n > 10 else (1,)
+        # Top-1 (micro and macro) and per-class accuracy come from the confusion matrix; top-5 needs the logits.
+        self.confmats = nn.ModuleDict({split: MulticlassConfusionMatrix(num_classes=n) for split in ("val", "test")})
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_top{k}": MulticlassAccuracy(num_classes=n, top_k=k, average="micro")
                 for split in ("val", "test")
-                for k in self.top_k
+                for k in self.top_k[1:]
             }
         )
         # Only finite losses reach train_loss (check_update): no NaN check (a host sync per step on a GPU).
@@ -80,8 +97,8 @@ class ClassificationModule(pl.LightningModule):
         self.train_loss.persistent(True)  # a mid-epoch checkpoint keeps the epoch's running mean
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps the best so far
-        self.test_confmat = MulticlassConfusionMatrix(num_classes=n)
-        self.test_confusion: Tensor | None = None  # (num_classes, num_classes) counts, rows: true class
+        # (num_classes, num_classes) counts of the last test, rows: true class; of videos when views were averaged.
+        self.test_confusion: Tensor | None = None
         self.skipped = 0  # unreadable samples dropped by the loader during training
         self.skipped_nonfinite = 0  # updates dropped for a non-finite loss or gradient (nonfinite=skip)
         self.fit_totals: dict[str, int] = {}  # the two counts over all processes, set when fitting ends
@@ -91,9 +108,21 @@ class ClassificationModule(pl.LightningModule):
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
         return self.net(input, boxes)
 
-    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+    def loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         # Soft targets (mixup/cutmix) arrive as (B, num_classes) probabilities; cross_entropy takes both.
-        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.class_weights_option == "balanced" and self.class_weights is None:
+            datamodule = self.trainer.datamodule
+            if datamodule is None:
+                raise ValueError(
+                    "module.class_weights=balanced reads the training labels from the DataModule; fit with "
+                    "datamodule=..., or give the weights as a list of floats"
+                )
+            weights = balanced_class_weights(datamodule.train_targets(), datamodule.class_names)
+            self.class_weights = check_class_weights(weights.tolist(), self.net.num_classes).to(self.device)
+            log.info("class weights (balanced): %s", [round(w, 4) for w in weights.tolist()])
 
     # --- training -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
@@ -103,7 +132,7 @@ class ClassificationModule(pl.LightningModule):
         x, y = batch["input"], batch["target"]
         if self.mixer is not None:
             x, y = self.mixer(x, y)
-        loss = self.loss(self(x, batch.get("boxes")), y)
+        loss = self.loss(self(x, batch.get("boxes")), y, weight=self.class_weights)
         # Checked with the gradients just before the optimizer step (one host sync per step, none here).
         self._pending_losses.append((batch_idx, loss.detach(), len(x)))
         # self.log costs about a millisecond per call: the epoch mean accumulates on the device, and the step
@@ -175,28 +204,30 @@ class ClassificationModule(pl.LightningModule):
             logits = self(batch["input"], batch.get("boxes"))
         target = batch["target"]
         getattr(self, f"{split}_loss").update(self.loss(logits, target), weight=len(target))
-        for k in self.top_k:
+        self.confmats[split].update(logits, target)
+        for k in self.top_k[1:]:
             self.metrics[f"{split}_top{k}"].update(logits, target)
-        if split == "test":
-            self.test_confmat.update(logits, target)
         return logits
 
-    def _log_metrics(self, split: str, acc_name: str = "acc") -> Tensor:
-        acc = self.metrics[f"{split}_top1"].compute()
+    def _log_metrics(self, split: str, acc_name: str = "acc") -> tuple[Tensor, Tensor]:
+        """Logs ``<split>/<acc_name>`` (and ``_macro``, ``_top5``) and the loss; returns (accuracy, confusion)."""
+        confusion = self.confmats[split].compute()  # (C, C) counts, summed over processes
+        acc, macro = confusion_accuracies(confusion)
         self.log(f"{split}/{acc_name}", acc, prog_bar=True)
+        self.log(f"{split}/{acc_name}_macro", macro)
         if 5 in self.top_k:
             self.log(f"{split}/{acc_name}_top5", self.metrics[f"{split}_top5"].compute())
         self.log(f"{split}/loss", getattr(self, f"{split}_loss").compute())
-        for k in self.top_k:
-            self.metrics[f"{split}_top{k}"].reset()
+        for metric in (self.confmats[split], *(self.metrics[f"{split}_top{k}"] for k in self.top_k[1:])):
+            metric.reset()
         getattr(self, f"{split}_loss").reset()
-        return acc
+        return acc, confusion
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        acc = self._log_metrics("val")
+        acc, _ = self._log_metrics("val")
         if not self.trainer.sanity_checking:
             self.val_acc_best.update(acc)
             self.log("val/acc_best", self.val_acc_best.compute())
@@ -209,15 +240,17 @@ class ClassificationModule(pl.LightningModule):
             )
 
     def on_test_epoch_end(self) -> None:
-        self.test_confusion = self.test_confmat.compute().cpu()
-        self.test_confmat.reset()
         views = self._gather_views()
         self._test_views.clear()
         if views is None:
-            self._log_metrics("test")
-            return
-        self._log_metrics("test", acc_name="clip_acc")
-        self.log("test/acc", video_accuracy(*views))
+            _, confusion = self._log_metrics("test")
+        else:
+            self._log_metrics("test", acc_name="clip_acc")
+            confusion = video_confusion(*views, num_classes=self.net.num_classes)
+            acc, macro = confusion_accuracies(confusion)
+            self.log("test/acc", acc)
+            self.log("test/acc_macro", macro)
+        self.test_confusion = confusion.cpu()
 
     def _gather_views(self) -> tuple[Tensor, Tensor, Tensor] | None:
         """(video, logits, target) of the test views of all processes; None when no batch carried ``video``.
@@ -268,9 +301,50 @@ class ClassificationModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def video_accuracy(video: Tensor, logits: Tensor, target: Tensor) -> Tensor:
-    """Accuracy after averaging the softmax-free logits of all views that share a video index."""
+def video_confusion(video: Tensor, logits: Tensor, target: Tensor, *, num_classes: int) -> Tensor:
+    """``(C, C)`` confusion counts of videos, each predicted from the summed logits of all views that share its
+    video index (rows: true class)."""
     ids, inverse = torch.unique(video, return_inverse=True)
-    summed = torch.zeros(len(ids), logits.shape[1]).index_add_(0, inverse, logits.float())
-    labels = torch.zeros(len(ids), dtype=torch.long).scatter_(0, inverse, target)
-    return (summed.argmax(1) == labels).float().mean()
+    summed = torch.zeros(len(ids), logits.shape[1]).index_add_(0, inverse, logits.float())  # (videos, C)
+    labels = torch.zeros(len(ids), dtype=torch.long).scatter_(0, inverse, target)  # (videos,)
+    cells = labels * num_classes + summed.argmax(1)
+    return torch.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def confusion_accuracies(confusion: Tensor) -> tuple[Tensor, Tensor]:
+    """Accuracy (correct / all) and mean-class accuracy (the mean, over the classes with samples, of each
+    class's accuracy) of ``(C, C)`` counts with rows the true class; NaN without samples."""
+    correct = confusion.diagonal().sum()
+    return correct / confusion.sum(), per_class_accuracy(confusion).nanmean().float()
+
+
+def per_class_accuracy(confusion: Tensor) -> Tensor:
+    """``(C,)`` accuracy of each class (its correct predictions / its samples: the recall); NaN for a class
+    without samples."""
+    confusion = confusion.double()
+    return confusion.diagonal() / confusion.sum(1)
+
+
+def class_accuracies(confusion: Tensor, class_names: Sequence[str]) -> dict[str, float | None]:
+    """Class name -> accuracy (None for a class without test samples), for results.json."""
+    acc = per_class_accuracy(confusion).tolist()
+    if len(acc) != len(class_names):
+        raise ValueError(f"a {len(acc)}-class confusion matrix but {len(class_names)} class names")
+    return {name: None if a != a else a for name, a in zip(class_names, acc, strict=True)}  # a != a: NaN
+
+
+def check_class_weights(weights: str | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    """``module.class_weights`` as a ``(num_classes,)`` tensor; None for none (or for ``balanced``, set later)."""
+    if weights is None or weights == "balanced":
+        return None
+    if isinstance(weights, str):
+        raise ValueError(f"module.class_weights={weights!r} must be 'balanced', a list of floats, or null")
+    values = [float(w) for w in weights]
+    if len(values) != num_classes:
+        raise ValueError(
+            f"module.class_weights has {len(values)} values but the model has {num_classes} classes; give one "
+            f"weight per class, or module.class_weights=balanced"
+        )
+    if not all(w > 0 and w != float("inf") for w in values):
+        raise ValueError(f"module.class_weights={values} must all be positive and finite")
+    return torch.tensor(values, dtype=torch.float32)

@@ -37,7 +37,7 @@ from trainer.checks import (
     check_precision,
 )
 from trainer.finetune import FineTune
-from trainer.module import ClassificationModule
+from trainer.module import ClassificationModule, class_accuracies
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,9 @@ def run_metadata(cfg: DictConfig, datamodule: ClassificationDataModule) -> dict[
 
 def record(run_dir: Path, results: dict[str, Any], module: ClassificationModule, datamodule) -> None:
     if module.test_confusion is not None:
-        plot_confusion(module.test_confusion.numpy(), datamodule.class_names, run_dir / "plots" / "confusion.png")
+        confusion, names = module.test_confusion.numpy(), datamodule.class_names
+        results = {**results, "test/acc_per_class": class_accuracies(module.test_confusion, names)}
+        plot_confusion(confusion, names, run_dir / "plots" / "confusion.png")
     path = write_json(run_dir / "results.json", results)
     log.info("results: %s", path)
 

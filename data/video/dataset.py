@@ -41,6 +41,20 @@ def to_tensor(clip: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(clip).permute(3, 0, 1, 2).float().div_(255.0)
 
 
+def frame_window(window: tuple[float, float] | None, num_frames: int, fps: float, path: str) -> tuple[int, int]:
+    """``(first frame, frame count)`` of the time window ``(start, end)`` seconds of a video; all of it for None."""
+    if window is None:
+        return 0, num_frames
+    start, end = window
+    first = int(np.floor(start * fps))
+    if first >= num_frames:
+        raise VideoReadError(
+            f"{path}: the annotated window [{start}, {end}] s starts after the video ends ({num_frames / fps:.2f} s)"
+        )
+    last = min(num_frames, max(first + 1, int(np.ceil(end * fps))))
+    return max(first, 0), last - max(first, 0)
+
+
 class VideoClipDataset(Dataset):
     """Clips of ``videos`` (``(path, label)`` pairs).
 
@@ -53,7 +67,8 @@ class VideoClipDataset(Dataset):
         num_clips / num_crops: views per video when not training (``num_crops`` 1 or 3).
         transform: ``(T, H, W, C) uint8 -> (C, T, H, W) float``; None scales to [0, 1].
         skip_unreadable: return None (and warn) for a file that cannot be read instead of raising.
-        seed: seeds the random clip positions of the process that loads (workers reseed numpy anyway).
+        windows: per video, ``(start, end)`` seconds of an untrimmed file that clips are sampled within (Kinetics'
+            ``time_start``/``time_end``), or None for the whole file; None: whole files.
     """
 
     def __init__(
@@ -68,6 +83,7 @@ class VideoClipDataset(Dataset):
         num_crops: int = 1,
         transform: Callable[[np.ndarray], torch.Tensor] | None = None,
         skip_unreadable: bool = False,
+        windows: Sequence[tuple[float, float] | None] | None = None,
     ) -> None:
         short_side = crop_size if short_side is None else short_side
         if short_side < crop_size:
@@ -76,6 +92,9 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"data.test_clips={num_clips} must be >= 1")
         crop_offsets(short_side, crop_size, num_crops)  # validates num_crops
         self.videos = [(str(p), int(y)) for p, y in videos]
+        if windows is not None and len(windows) != len(self.videos):
+            raise ValueError(f"{len(windows)} time windows for {len(self.videos)} videos")
+        self.windows = list(windows) if windows is not None else [None] * len(self.videos)
         self.sampler = sampler
         self.crop_size = crop_size
         self.short_side = short_side
@@ -91,6 +110,11 @@ class VideoClipDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.videos) * self.views_per_video
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of each sample (view), without decoding."""
+        return [label for _, label in self.videos for _ in range(self.views_per_video)]
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         video, view = divmod(index, self.views_per_video)
@@ -119,12 +143,13 @@ class VideoClipDataset(Dataset):
             return self._last[1]
         path = self.videos[video][0]
         with VideoReader(path, short_side=self.short_side) as reader:
-            n, fps = reader.meta.num_frames, reader.meta.fps
+            first, n = frame_window(self.windows[video], reader.meta.num_frames, reader.meta.fps, path)
+            fps = reader.meta.fps
             if self.train:
                 indices = self.sampler.random_clip(n, fps, np.random.default_rng(np.random.randint(2**31)))
             else:
                 indices = self.sampler.uniform_clips(n, fps, self.views[0])[clip]
-            frames = reader.read(indices)
+            frames = reader.read(first + indices)
         self._last = ((video, clip), frames)
         return frames
 

@@ -4,9 +4,11 @@ Formats:
     class index (UCF101 ``classInd.txt``): ``<index> <class name>`` per line, indices consecutive from 0 or 1.
     split list (UCF101 ``trainlist01.txt``): ``<class>/<clip> [label]`` per line, relative to the root.
     HMDB51 split file (``<class>_test_split<k>.txt``): ``<clip> <tag>``, tag 1 = train, 2 = test, 0 = unused.
+    labelled list (videos in any layout, e.g. one flat folder): ``<path> <label>`` per line, the label a class
+    name or an integer index (``read_labelled_list``); the class does not come from the path.
 
-A video is a ``(relative path, label)`` pair; its class is always the first folder of its path, and a
-label written in a list must agree with it.
+A video is a ``(relative path, label)`` pair; in class folder layouts its class is always the first folder of
+its path, and a label written in a split list must agree with it.
 """
 
 from __future__ import annotations
@@ -123,6 +125,55 @@ def read_hmdb_splits(split_dir: Path, class_names: list[str], split: int) -> tup
             if parts[1] != "0":
                 (train if parts[1] == "1" else test).append((f"{name}/{parts[0]}", label))
     return train, test
+
+
+def read_labelled_list(path: Path) -> list[tuple[str, str]]:
+    """``(path, label)`` strings of a ``<path> <label>`` list; the label is the last word, so paths may hold spaces."""
+    entries = []
+    for lineno, line in _lines(path):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{lineno}: {line!r}: expected '<path> <label>' (a class name or index)")
+        entries.append((parts[0], parts[1]))
+    if not entries:
+        raise ValueError(f"list {path} lists no videos")
+    return entries
+
+
+def label_indices(
+    labels: list[str], class_index: tuple[list[str], int] | None, source: str
+) -> tuple[list[str], list[int]]:
+    """Class names and the label index of each written label (a class name or an integer index).
+
+    With a class index (``(names, base)`` of ``read_class_index``) names must be in it and integers count from its
+    base. Without one, integer labels are the indices themselves (names "0", "1", ...) and name labels are
+    numbered in sorted order; a mix of both is an error.
+    """
+    numeric = [label.lstrip("-").isdigit() for label in labels]
+    if class_index is not None:
+        names, base = class_index
+        position = {name: i for i, name in enumerate(names)}
+        out = []
+        for label, is_int in zip(labels, numeric, strict=True):
+            index = int(label) - base if is_int else position.get(label)
+            if index is None or not 0 <= index < len(names):
+                raise ValueError(f"{source}: label {label!r} is not a class of the class index ({names[:5]}...)")
+            out.append(index)
+        return names, out
+    if all(numeric):
+        indices = [int(label) for label in labels]
+        if min(indices) < 0:
+            raise ValueError(f"{source}: label {min(indices)} is negative; labels index classes from 0")
+        return [str(i) for i in range(max(indices) + 1)], indices
+    if any(numeric):
+        example = labels[numeric.index(True)]
+        raise ValueError(
+            f"{source}: labels mix class names and integers (e.g. {example!r}); use one kind, or give "
+            f"data.class_index to say which name each integer stands for"
+        )
+    names = sorted(set(labels))
+    position = {name: i for i, name in enumerate(names)}
+    return names, [position[label] for label in labels]
 
 
 def _lines(path: Path):

@@ -1,0 +1,20 @@
+"""Export a checkpoint's net: ``python export.py ckpt_path=<file> format=onnx|torchscript [output=<file>]``.
+
+See conf/export.yaml and docs/export.md.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import runs.resolvers  # noqa: F401  (registers ${visfeat.*} before Hydra composes the config)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    from trainer.export import export
+
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
