@@ -67,7 +67,7 @@ FULL = (
         0.0,
         cifar=True,
     ),
-    Recipe("LeNet, CIFAR-10 (20 epochs)", ("model=lenet", "data=cifar10"), (0, 1, 2), 0.0, 0.0, cifar=True),
+    Recipe("LeNet, CIFAR-10 (20 epochs)", ("model=lenet", "data=cifar10"), (0, 1, 2), 0.6671, 0.0067, cifar=True),
 )
 QUICK = (
     Recipe("default: LeNet, digits", (), (0, 1, 2), 0.9814, 0.0057),
