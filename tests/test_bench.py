@@ -6,6 +6,7 @@ the commands working. They run in this process (the imports are paid once), as `
 
 from __future__ import annotations
 
+import logging
 import re
 import runpy
 import sys
@@ -20,10 +21,15 @@ NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
 def run_bench(name: str, args: list[str], monkeypatch, capsys) -> str:
     monkeypatch.setattr(sys, "argv", [f"bench/{name}.py", *args])
+    # The benches quieten these loggers for their own output; later tests of this process read their lines.
+    loggers = [logging.getLogger(n) for n in ("pytorch_lightning", "lightning_fabric", "lightning", "trainer", "runs")]
+    levels = [logger.level for logger in loggers]
     try:
         runpy.run_module(f"bench.{name}", run_name="__main__")
     finally:
         GlobalHydra.instance().clear()
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return capsys.readouterr().out
 
 
