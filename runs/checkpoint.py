@@ -51,6 +51,16 @@ ALLOWED_TARGETS = frozenset(
         "models.nonlocal_block.add_non_local",
         "models.roi.roi_head",
         "models.airbench.AirbenchNet",
+        "models.c3d.C3D",
+        "models.i3d.InceptionI3d",
+        "models.i3d_resnet.I3DResNet",
+        "models.slowfast.SlowFast",
+        "models.x3d.X3D",
+        "models.tsm.TSM",
+        "models.tv_video.S3D",
+        "models.tv_video.MViT",
+        "models.tv_video.Swin3D",
+        "models.timm_backbone.TimmBackbone",  # its pretrained / pretrained_file are refused (BACKBONE_WEIGHTS)
         # data: DataModules read files (CIFAR-10 pickles through a restricted unpickler), never write them
         "data.digits.DigitsDataModule",
         "data.multi_digits.MultiDigitsDataModule",
@@ -58,6 +68,9 @@ ALLOWED_TARGETS = frozenset(
         "data.image_folder.ImageFolderDataModule",
         "data.video.datamodule.VideoDataModule",
         "data.video.datamodule.HMDB51DataModule",
+        "data.video.annotations.KineticsDataModule",
+        "data.video.annotations.SSv2DataModule",
+        "data.video.annotations.VideoListDataModule",
         "data.transforms.Pipeline",
         "data.randaugment.RandAugment",
         "data.mix.build_mixer",
@@ -107,6 +120,9 @@ PASSED_ON_ARGUMENTS = {
 }
 # Arguments that make a constructor write files: refused in a stored config unless false/null.
 WRITING_ARGUMENTS = ("download",)
+# A backbone's own weight loading (timm: a hub download, or a file read outside weights_only): refused in a
+# stored config unless false/null; a net rebuilt from a checkpoint takes the checkpoint's weights anyway.
+BACKBONE_WEIGHTS = ("pretrained", "pretrained_file")
 # Keys of a config node that are not constructor arguments: Hydra's own, and trainer/build.py's FRAMEWORK_KEYS
 # of a model config (taken out before the net is built).
 NOT_ARGUMENTS = (
@@ -116,6 +132,7 @@ NOT_ARGUMENTS = (
     "_convert_",
     "pretrained",
     "pretrained_exclude",
+    "pretrained_format",
     "channels_last",
 )
 # The parts of a run config that eval.py, extract.py and fine-tuning build from a checkpoint; the rest
@@ -332,6 +349,11 @@ def check_arguments(obj: Any, node: dict[str, Any], path: str | Path, key: str) 
     )
     where = key or "config"
     for name, value in node.items():
+        if name in BACKBONE_WEIGHTS and value and key.endswith("backbone"):
+            raise UnsafeConfigError(
+                f"{path}: {where}.{name}={value!r} would make {node['_target_']} download or read weights; a "
+                f"stored config may not (the checkpoint holds the weights). {FIX}"
+            )
         if name in NOT_ARGUMENTS:
             continue
         if name not in accepted:

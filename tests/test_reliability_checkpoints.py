@@ -90,7 +90,7 @@ def test_every_shipped_config_passes_the_allowlist(tmp_path, group, option):
     check_targets(run_config(tmp_path, f"{group}={option}", *extra), "conf")
 
 
-NEEDS_NUM_CLASSES = ("image_folder", "video_folder", "ucf101", "hmdb51")
+NEEDS_NUM_CLASSES = ("image_folder", "video_folder", "ucf101", "hmdb51", "kinetics", "ssv2", "video_list")
 
 
 def test_synthetic_video_data_is_refused_from_a_file(tmp_path):
@@ -159,3 +159,14 @@ def test_callbacks_or_logger_under_trainer_are_an_error_naming_the_key(make_cfg,
     key = override.split("=")[0].lstrip("+").removesuffix("._target_")
     with pytest.raises(ConfigError, match=rf"{key}: the Trainer's .* would be dropped"):
         check_config(make_cfg(override))
+
+
+def test_a_stored_timm_backbone_may_not_fetch_weights(tmp_path):
+    config = run_config(tmp_path)
+    config["model"]["backbone"] = {
+        "_target_": "models.timm_backbone.TimmBackbone",
+        "name": "resnet18",
+        "pretrained": True,
+    }
+    with pytest.raises(UnsafeConfigError, match=r"model.backbone.pretrained=True would make .*TimmBackbone download"):
+        check_targets(config, "x.ckpt")
