@@ -129,6 +129,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     # Datasets with a fixed label set override ``class_names`` (and ``num_classes``) as class attributes;
     # datasets that discover classes on disk set ``_class_names`` in ``check()``.
     _class_names: list[str] | None = None
+    _listed: tuple[Dataset, Dataset, Dataset] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -162,10 +163,17 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.setup("fit")
         return dataset_targets(self.train_set)
 
+    def list_splits(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The splits as ``make_splits`` gives them, made once, before anything is decoded into memory: file
+        lists checked (and filtered) before the first step are the ones ``setup`` then holds."""
+        if self._listed is None:
+            self._listed = self.make_splits()
+        return self._listed
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             splits, self.batch_transforms = hold_in_memory(
-                self.make_splits(),
+                self.list_splits(),
                 mode=self.in_memory,
                 train_transform=self.train_transform,
                 eval_transform=self.eval_transform,
@@ -199,7 +207,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         sampler = self._shard_sampler(dataset, train=train)
         # trainer.overfit_batches wants the same first batches every epoch: a plain, unshuffled loader.
-        overfit = self.trainer is not None and self.trainer.overfit_batches > 0
+        overfit = self.trainer is not None and getattr(self.trainer, "overfit_batches", 0) > 0
         if train and sampler is None and not overfit:
             # An epoch's order depends only on (seed, epoch) and a mid-epoch checkpoint records the position.
             targets = self._sampler_targets(train)

@@ -274,15 +274,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def stored_config(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """The parts of the run config saved in the checkpoint that are built from it (``BUILT_PARTS``) and its
-    plain top-level values (``seed``, ...), checked against the allowlist before anyone builds them."""
+def stored_config(ckpt: dict[str, Any], path: str | Path, *, parts: tuple[str, ...] = BUILT_PARTS) -> dict[str, Any]:
+    """The parts of the run config saved in the checkpoint that are built from it (``parts``: by default
+    ``BUILT_PARTS``; ``("model",)`` where only the net is rebuilt) and its plain top-level values (``seed``,
+    ...), checked against the allowlist before anyone builds them."""
     config = ckpt.get("hyper_parameters", {}).get("config")
     if not config or "model" not in config:
         raise ValueError(
             f"{path} holds no visfeat run config (hyper_parameters.config.model); was it written by train.py?"
         )
-    kept = {k: v for k, v in config.items() if k in BUILT_PARTS or not isinstance(v, dict | list)}
+    kept = {k: v for k, v in config.items() if k in parts or not isinstance(v, dict | list)}
     check_targets(kept, path)
     return kept
 

@@ -42,6 +42,10 @@ SHRINK_VIDEO = [
     "data.batch_size=2",
 ]
 EXPERIMENTS = {
+    "cifar10_airbench94": (
+        lambda d: write_cifar10(d / "cifar10", n_per_batch=8, n_test=8),
+        ["data.batch_size=8", "model.backbone.widths=[4,8,8]", "train_epochs=1.5", "callbacks.whitening.num_images=20"],
+    ),
     "cifar10_resnet18": (
         lambda d: write_cifar10(d / "cifar10", n_per_batch=8, n_test=8),
         ["data.val_size=8", "data.batch_size=4", "trainer.accelerator=cpu"],

@@ -83,6 +83,7 @@ def test_resume_from_last_continues_after_the_final_epoch(run, make_cfg, tmp_pat
         "trainer.limit_train_batches=2",
         "test=false",
         f"ckpt_path={ckpts / 'last.ckpt'}",
+        "allow_resume_changes=true",  # a longer run from the finished one's last.ckpt
         output_dir=tmp_path / "more",
     )
     trainer.run.train(more)

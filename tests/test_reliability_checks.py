@@ -62,7 +62,7 @@ def test_an_unreadable_eval_image_is_found_before_training_naming_it(tmp_path, d
         check_eval_files(dm)
     dm = ImageFolderDataModule(root=str(root), image_size=16, skip_unreadable_eval=True)
     assert check_eval_files(dm) == 1
-    assert len(dm.test_set) == 3 * 6 - 1 and all(p != bad for p, _ in dm.test_set.samples)
+    assert len(dm.list_splits()[2]) == 3 * 6 - 1 and all(p != bad for p, _ in dm.list_splits()[2].samples)
 
 
 def test_an_unreadable_video_in_the_test_list_is_found_before_training(tmp_path):
@@ -76,7 +76,7 @@ def test_an_unreadable_video_in_the_test_list_is_found_before_training(tmp_path)
         check_eval_files(dm)
     dm = VideoDataModule(root=str(root), num_frames=2, crop_size=16, skip_unreadable_eval=True, **lists)
     assert check_eval_files(dm) == 1
-    assert [Path(p).name for p, _ in dm.test_set.videos] == ["a_01.mp4", "a_02.mp4", "b_02.mp4"]
+    assert [Path(p).name for p, _ in dm.list_splits()[2].videos] == ["a_01.mp4", "a_02.mp4", "b_02.mp4"]
 
 
 def test_train_stops_before_the_first_step_on_a_corrupt_val_image_or_skips_and_counts_it(make_cfg, tmp_path):

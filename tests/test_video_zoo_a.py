@@ -96,7 +96,7 @@ def test_c3d_fc6_and_fc7_are_extractable_by_name(make_cfg):
     clip = torch.randn(2, 3, 8, 32, 32)
     with torch.no_grad():
         fc7 = net.backbone.forward_stages(clip, ["fc7"])["fc7"]
-        fc6 = Embedder(net, layer="fc6", pool="avg")(clip)
+        fc6 = Embedder(net, layers=["fc6"], pools={"fc6": "avg"})(clip)["fc6"]
         assert fc6.shape == (2, 4096) and (fc6 >= 0).all()  # after the ReLU, as the Caffe features
         assert fc7.shape == (2, 4096, 1, 1, 1)
         torch.testing.assert_close(net.embed(clip), fc7.flatten(1))  # the embedding is fc7; fc8 is the head

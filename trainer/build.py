@@ -66,7 +66,7 @@ def _input_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> tuple[
 
 def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: int | None = None) -> nn.Module:
     """Rebuild the net from the config stored in the checkpoint and load its weights exactly."""
-    model_cfg = OmegaConf.create(stored_config(ckpt, path)["model"])
+    model_cfg = OmegaConf.create(stored_config(ckpt, path, parts=("model",))["model"])
     trained_classes = model_cfg.num_classes
     if num_classes is not None and num_classes != trained_classes:
         raise ValueError(

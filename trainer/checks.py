@@ -233,8 +233,10 @@ def check_eval_files(datamodule: Any, *, workers: int = 8) -> int:
     """Probes every file of the validation and test splits (``probe_file``) before the first step. An
     unreadable one stops the run naming it, or, where the dataset skips unreadable files
     (``data.skip_unreadable_eval=true``), is taken out of the split with a warning; returns how many were."""
-    datamodule.setup("fit")  # lists the splits' files; Lightning's own setup() call then finds them listed
-    splits = [("val", datamodule.val_set), ("test", datamodule.test_set)]
+    # The splits' file lists before anything is decoded into memory (data.in_memory): setup() then holds the
+    # lists as checked here.
+    _, val_set, test_set = datamodule.list_splits()
+    splits = [("val", val_set), ("test", test_set)]
     lists: dict[int, tuple[str, Any, list]] = {}  # one entry per file list (the test split may be the val one)
     for split, dataset in splits:
         if items := file_samples(dataset):

@@ -49,8 +49,9 @@ def export(cfg: DictConfig) -> Path:
         raise ValueError(f"check_batch_sizes={batch_sizes} needs two different positive batch sizes")
     ckpt_path = Path(cfg.ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    config = stored_config(ckpt, ckpt_path)
     net = net_from_checkpoint(ckpt, ckpt_path).eval()
+    # Only the net is built; the data config is read for its input size, as plain values.
+    config = {**stored_config(ckpt, ckpt_path, parts=("model",)), "data": ckpt["hyper_parameters"]["config"]["data"]}
     shape = input_shape(config, cfg.get("input_shape"))
     output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[cfg.format])
     output.parent.mkdir(parents=True, exist_ok=True)
