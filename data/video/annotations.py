@@ -202,18 +202,8 @@ class AnnotatedVideoDataModule(VideoDataModule):
         self._class_names, self._splits = names, splits
 
     def _dataset(self, videos: list[Clip], *, train: bool, clips: int = 1, crops: int = 1) -> VideoClipDataset:
-        return VideoClipDataset(
-            [(self.root / c.path, c.label) for c in videos],
-            windows=[c.window for c in videos],
-            sampler=self.sampler,
-            crop_size=self.crop_size,
-            short_side=self.short_side,
-            train=train,
-            num_clips=clips,
-            num_crops=crops,
-            transform=self.train_transform if train else self.eval_transform,
-            skip_unreadable=self.skip_unreadable_train if train else self.skip_unreadable_eval,
-        )
+        pairs = [(c.path, c.label) for c in videos]
+        return super()._dataset(pairs, train=train, clips=clips, crops=crops, windows=[c.window for c in videos])
 
 
 class KineticsDataModule(AnnotatedVideoDataModule):

@@ -174,9 +174,18 @@ class VideoDataModule(ClassificationDataModule):
             self._dataset(self._splits["test"], train=False, clips=self.test_clips, crops=self.test_crops),
         )
 
-    def _dataset(self, videos: list[Video], *, train: bool, clips: int = 1, crops: int = 1) -> VideoClipDataset:
+    def _dataset(
+        self,
+        videos: list[Video],
+        *,
+        train: bool,
+        clips: int = 1,
+        crops: int = 1,
+        windows: list[tuple[float, float] | None] | None = None,
+    ) -> VideoClipDataset:
         return VideoClipDataset(
             [(self.root / rel, label) for rel, label in videos],
+            windows=windows,
             sampler=self.sampler,
             crop_size=self.crop_size,
             short_side=self.short_side,
