@@ -43,7 +43,7 @@ from data.video.decode import VideoReadError
 from features.embed import Embedder, embed_numpy
 from features.inputs import Source
 from features.plans import Guarded, probe_loader
-from features.store import DTYPES, fingerprint, write_atomic
+from features.store import DTYPES, fingerprint, resumed_state, write_atomic
 from runs.atomic import atomic_open
 
 log = logging.getLogger(__name__)
@@ -278,13 +278,7 @@ class DenseStore:
         key = fingerprint({**settings, "dim": dim, "dtype": dtype, **shard_info}, index)
         progress = meta_dir / "progress.json"
         if resume and progress.is_file():
-            state = json.loads(progress.read_text())
-            if state.get("fingerprint") != key:
-                raise ValueError(
-                    f"{meta_dir} holds an extraction with other settings or inputs ({progress}); "
-                    "choose a new output=, or resume=false to overwrite it"
-                )
-            return cls(out, meta_dir, state)
+            return cls(out, meta_dir, resumed_state(progress, key))
         for video in videos:
             npy_path(out, video.source.rel).unlink(missing_ok=True)
         write_atomic(meta_dir / "index.csv", index)

@@ -49,6 +49,17 @@ def index_text(plan: Plan, rows: range | None = None) -> str:
     return buf.getvalue()
 
 
+def resumed_state(progress: Path, key: str) -> dict:
+    """The saved progress of an extraction to resume; refused when it was made with other settings or inputs."""
+    state = json.loads(progress.read_text())
+    if state.get("fingerprint") != key:
+        raise ValueError(
+            f"{progress.parent} holds an extraction with other settings or inputs ({progress}); "
+            "choose a new output=, or resume=false to overwrite it"
+        )
+    return state
+
+
 def fingerprint(settings: dict[str, Any], index: str) -> str:
     blob = json.dumps(settings, sort_keys=True, default=str) + "\n" + index
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -88,13 +99,7 @@ class FeatureStore:
         key = fingerprint({**settings, "dim": dim, "dtype": dtype, **shard_info}, index)
         progress = out / "progress.json"
         if resume and progress.is_file():
-            state = json.loads(progress.read_text())
-            if state.get("fingerprint") != key:
-                raise ValueError(
-                    f"{out} holds an extraction with other settings or inputs ({progress}); "
-                    "choose a new output=, "
-                    f"or resume=false to overwrite it"
-                )
+            state = resumed_state(progress, key)
             features = np.lib.format.open_memmap(out / "features.npy", mode="r+")
             return cls(out, plan, features, state, items)
         for stale in ("features.npy", "failures.csv", "progress.json"):
