@@ -74,13 +74,21 @@ QUICK = (
     Recipe(
         "airbench94, widths 16/32/32, 2 epochs",
         (*AIRBENCH, "model.backbone.widths=[16,32,32]", "train_epochs=2"),
-        (0,),
+        (0, 1, 2),
         0.0,
         0.0,
         cifar=True,
     ),
     Recipe(
-        "LeNet, CIFAR-10, 5 epochs", ("model=lenet", "data=cifar10", "trainer.max_epochs=5"), (0,), 0.0, 0.0, cifar=True
+        "LeNet, CIFAR-10, 5 epochs", ("model=lenet", "data=cifar10", "trainer.max_epochs=5"), (0, 1, 2), 0.0, 0.0, cifar=True
+    ),
+    Recipe(
+        "ResNet-18 recipe, 200 images a class, 2 epochs",
+        ("experiment=cifar10_resnet18", "data.train_per_class=200", "trainer.max_epochs=2"),
+        (0,),
+        0.0,
+        0.0,
+        cifar=True,
     ),
 )
 
