@@ -37,6 +37,21 @@ def test_default_recipe_learns_digits_and_records_the_run(make_cfg, tmp_path):
     assert len(rows) == 1 + 4 and "val/acc" in rows[0]
 
 
+def test_no_validation_split_runs_no_validation_loop(make_cfg, tmp_path, recwarn):
+    with pytest.raises(ConfigError, match=r"optimized_metric=val/acc_best needs a validation split.*test/acc"):
+        train(make_cfg("data.val_size=0"))  # before any work: the default metric is a validation one
+    with pytest.raises(ConfigError, match=r"callbacks.early_stopping.monitor=val/acc .*~callbacks.early_stopping"):
+        train(make_cfg("data.val_size=0", "optimized_metric=test/acc", "callbacks=early_stopping"))
+    cfg = make_cfg("data.val_size=0", "trainer.max_epochs=2", "optimized_metric=test/acc")
+    assert train(cfg) > 0.1
+    assert cfg.trainer.limit_val_batches == 0 and cfg.callbacks.model_checkpoint.monitor is None
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "across ranks is zero" in m or "monitored key" in m], messages
+    res = results(tmp_path / "run")
+    assert res["epochs"] == 2 and "test/acc" in res and not any(k.startswith("val/") for k in res)
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
 @pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_every_image_model_trains_a_step(make_cfg, model):
     cfg = make_cfg(f"model={model}", "trainer.fast_dev_run=true", "data.batch_size=8")

@@ -95,12 +95,30 @@ def check_config(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value!r} must be positive; e.g. {dict((k, e) for k, _, e in TYPED_KEYS)[key]}")
+    check_validation_split(cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt:
         from pathlib import Path
 
         if not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from")
+
+
+def check_validation_split(cfg: DictConfig) -> None:
+    """``data.val_size=0`` holds out no validation images: nothing but the checkpoint (which then keeps the
+    latest weights, trainer/run.py) may need a ``val/`` metric."""
+    if (cfg.get("data") or {}).get("val_size", None) != 0:
+        return
+    needs = {"optimized_metric": (cfg.get("optimized_metric"), "optimized_metric=test/acc")}
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if name != "model_checkpoint" and isinstance(callback, DictConfig) and callback.get("monitor"):
+            needs[f"callbacks.{name}.monitor"] = (callback.monitor, f"~callbacks.{name}")
+    for key, (metric, fix) in needs.items():
+        if metric and str(metric).startswith("val/"):
+            raise ConfigError(
+                f"{key}={metric} needs a validation split, but data.val_size=0 holds none out; "
+                f"set data.val_size (e.g. data.val_size=5000) or {fix}"
+            )
 
 
 # --- precision vs hardware ---------------------------------------------------------------------------------

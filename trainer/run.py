@@ -60,6 +60,7 @@ def fit_and_test(cfg: DictConfig) -> float | None:
 
     datamodule = build_datamodule(cfg.data, cfg.augment)
     fractional_epochs(cfg, datamodule)
+    no_validation_without_split(cfg)
     net = build_net(cfg.model, compile=cfg.get("compile", False))
     finetune = instantiate(cfg.finetune) if cfg.get("finetune") else None
     if finetune is not None and finetune.is_plain:
@@ -159,6 +160,18 @@ def fractional_epochs(cfg: DictConfig, datamodule: ClassificationDataModule) -> 
     with open_dict(cfg):
         cfg.trainer.max_epochs = math.ceil(epochs)
         cfg.trainer.max_steps = math.ceil(epochs * batches)
+
+
+def no_validation_without_split(cfg: DictConfig) -> None:
+    """``data.val_size=0`` (every training image trains, as airbench does): ``trainer.limit_val_batches=0``, so
+    Lightning skips the validation loop instead of building an empty loader and warning about it, and best.ckpt
+    holds the latest weights (nothing to monitor; check_config refused every other ``val/`` need)."""
+    if cfg.data.get("val_size", None) != 0:
+        return
+    with open_dict(cfg):
+        cfg.trainer.limit_val_batches = 0
+        if (cfg.get("callbacks") or {}).get("model_checkpoint") is not None:
+            cfg.callbacks.model_checkpoint.monitor = None
 
 
 def build_module(cfg: DictConfig, net: torch.nn.Module, finetune: FineTune | None = None) -> ClassificationModule:
