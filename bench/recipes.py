@@ -83,8 +83,8 @@ QUICK = (
         "LeNet, CIFAR-10, 5 epochs", ("model=lenet", "data=cifar10", "trainer.max_epochs=5"), (0, 1, 2), 0.0, 0.0, cifar=True
     ),
     Recipe(
-        "ResNet-18 recipe, 200 images a class, 2 epochs",
-        ("experiment=cifar10_resnet18", "data.train_per_class=200", "trainer.max_epochs=2"),
+        "ResNet-18 recipe, 500 images a class, 3 epochs",
+        ("experiment=cifar10_resnet18", "data.train_per_class=500", "data.val_size=1000", "trainer.max_epochs=3"),
         (0,),
         0.0,
         0.0,
