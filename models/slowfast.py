@@ -18,6 +18,8 @@ A stage's map is both pathways' outputs (before the next lateral fusion) concate
 averaged over each alpha frames to Slow's time steps: ``(B, C_slow + C_fast, T/alpha, H, W)``. Its global
 average is the concatenation of the two pathways' pooled features (2048 + 256 for R50), PySlowFast's head
 input, and ROI heads and fusion necks read it like any stage map. ``forward_pathways`` gives the two maps.
+``fusion_norm=False`` drops the BN and ReLU after each lateral conv: MMAction2's SlowFast (``lateral_norm=False``,
+its default and that of most of its published checkpoints) concatenates the bare conv output.
 Temporal kernels are PySlowFast's "slowfast" basis: Slow 1 in the stem, res2 and res3, 3 in res4 and
 res5; Fast 5 in the stem and 3 everywhere else. The Slow pathway takes every alpha-th frame (0, 8, 16, 24 of
 32), as MMAction2 does; PySlowFast's loader spreads them by a linspace instead (0, 10, 20, 31).
@@ -67,19 +69,22 @@ class PathwayStems(nn.Module):
 
 
 class FuseFastToSlow(nn.Module):
-    """Fast -> Slow lateral connection: conv (k x 1 x 1, stride alpha) -> BN -> ReLU, concatenated to Slow."""
+    """Fast -> Slow lateral connection: conv (k x 1 x 1, stride alpha) [-> BN -> ReLU], concatenated to Slow."""
 
-    def __init__(self, c_fast: int, *, ratio: int, kernel: int, alpha: int) -> None:
+    def __init__(self, c_fast: int, *, ratio: int, kernel: int, alpha: int, norm: bool = True) -> None:
         super().__init__()
         self.conv_f2s = nn.Conv3d(
             c_fast, c_fast * ratio, (kernel, 1, 1), stride=(alpha, 1, 1), padding=(kernel // 2, 0, 0), bias=False
         )
-        self.bn = nn.BatchNorm3d(c_fast * ratio)
+        # PySlowFast: BN + ReLU after the conv; MMAction2 (lateral_norm=False): the bare conv.
+        self.bn = nn.BatchNorm3d(c_fast * ratio) if norm else None
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Pathways) -> Pathways:
         slow, fast = x
-        lateral = self.relu(self.bn(self.conv_f2s(fast)))  # (B, ratio*C_f, T/alpha, H, W)
+        lateral = self.conv_f2s(fast)  # (B, ratio*C_f, T/alpha, H, W)
+        if self.bn is not None:
+            lateral = self.relu(self.bn(lateral))
         return [torch.cat([slow, lateral], dim=1), fast]
 
 
@@ -150,6 +155,7 @@ class SlowFast(StagedBackbone):
         beta_inv: int = 8,
         fusion_conv_channel_ratio: int = 2,
         fusion_kernel: int = 5,
+        fusion_norm: bool = True,
         width: int = 64,
     ) -> None:
         super().__init__()
@@ -166,7 +172,7 @@ class SlowFast(StagedBackbone):
         lateral = fusion_conv_channel_ratio
 
         def fuse(c_fast: int) -> FuseFastToSlow:
-            return FuseFastToSlow(c_fast, ratio=lateral, kernel=fusion_kernel, alpha=alpha)
+            return FuseFastToSlow(c_fast, ratio=lateral, kernel=fusion_kernel, alpha=alpha, norm=fusion_norm)
 
         slow, fast = width, width // beta_inv
         self.s1 = PathwayStems(in_chans, (slow, fast), _TEMPORAL_KERNELS[0])

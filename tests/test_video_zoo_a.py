@@ -4,9 +4,11 @@ The loaders are tested on files in the real containers (a raw state dict, ``{"mo
 ``{"meta", "state_dict"}``) whose key names and shapes come from the authors' code:
 tests/published_keys/*.json were written by instantiating piergiaj/pytorch-i3d's ``InceptionI3d(400)``,
 DavideA/c3d-pytorch's ``C3D()``, PySlowFast's ``SlowFast`` / ``ResNet`` from its Kinetics configs and
-MMAction2's ``ResNet3d`` (i3d_r50 config, mmcv-lite 2.2.0) and dumping ``{key: shape}`` of their state dicts
-(each file names its source). With those models' weights copied in, the nets here gave the same outputs
-(max abs difference 0 for I3D and C3D, <1e-5 for SlowFast 4x16, PySlowFast I3D, MMAction2 I3D and I3D-NL).
+MMAction2's ``ResNet3d`` (i3d_r50 config, mmcv-lite 2.2.0) and ``ResNet3dSlowFast`` + ``SlowFastHead``
+(mmaction2 1.2.0, mmengine 0.10.7; its 4x16 and 8x8-steplr configs) and dumping ``{key: shape}`` of their state
+dicts (each file names its source). With those models' weights copied in, the nets here gave the same outputs
+(max abs difference 0 for I3D and C3D, <1e-5 for SlowFast 4x16, PySlowFast I3D, MMAction2 I3D and I3D-NL;
+MMAction2 SlowFast 4x16 and 8x8-steplr through weights/mmaction_slowfast.py: logits of up to 5 within 1.1e-6).
 """
 
 from __future__ import annotations
@@ -133,6 +135,21 @@ def test_slowfast_pathways_sample_the_clip_and_fuse_fast_into_slow():
     with torch.no_grad():
         stem = net.s1.pathway0_stem(x[:, :, ::4])
     torch.testing.assert_close(paths["s1"][0], stem)
+
+
+def test_slowfast_without_fusion_norm_concatenates_the_bare_lateral_conv():
+    # MMAction2's laterals (lateral_norm=False): a conv alone, so no BN parameters; its R50 4x16 with a 400-class
+    # head has 34,479,288 parameters (ResNet3dSlowFast + SlowFastHead), PySlowFast's 928 more (the laterals' BNs).
+    net = SlowFast(fusion_norm=False).eval()
+    assert n_params(Net(backbone=net, num_classes=400)) == 34_479_288
+    assert net.s1_fuse.bn is None and not any("_fuse.bn" in k for k in net.state_dict())
+    slow, fast = torch.randn(1, 64, 2, 4, 4), torch.randn(1, 8, 16, 4, 4) - 1  # mostly negative: a ReLU would show
+    with torch.no_grad():
+        fused, same = net.s1_fuse([slow, fast])
+        expected = F.conv3d(fast, net.s1_fuse.conv_f2s.weight, stride=(8, 1, 1), padding=(2, 0, 0))
+    assert same is fast and torch.equal(fused[:, :64], slow)
+    torch.testing.assert_close(fused[:, 64:], expected)
+    assert (expected < 0).any()
 
 
 def test_slowfast_lateral_fusion_carries_fast_into_slow():
@@ -291,6 +308,22 @@ PUBLISHED = {
         400,
         ("backbone.layer3.5.conv1.bn.running_var", "backbone.layer3.5.conv1.bn.running_var"),
     ),
+    "mmaction-slowfast": (
+        "mmaction_slowfast_r50_4x16.json",
+        lambda s: {"meta": {"mmaction2_version": "1.2.0", "epoch": 256}, "state_dict": s},
+        "slowfast",
+        ["model.backbone.fusion_norm=false"],
+        400,
+        ("backbone.slow_path.layer2_lateral.conv.weight", "backbone.s3_fuse.conv_f2s.weight"),
+    ),
+    "mmaction-slowfast-8x8-steplr": (
+        "mmaction_slowfast_r50_8x8_steplr.json",
+        lambda s: {"meta": {}, "state_dict": s},
+        "slowfast",
+        ["model.backbone.alpha=4", "model.backbone.fusion_kernel=7"],
+        400,
+        ("backbone.slow_path.layer1_lateral.bn.running_var", "backbone.s2_fuse.bn.running_var"),
+    ),
     "mmaction-i3d-nl": (
         "mmaction_i3d_r50_nl_embedded_gaussian.json",
         lambda s: {"meta": {}, "state_dict": s},
@@ -303,6 +336,16 @@ PUBLISHED = {
 
 
 HEADS = ("logits.conv3d.weight", "fc8.weight", "head.projection.weight", "cls_head.fc_cls.weight")
+# Tensors a format reshapes: pytorch-i3d's logits conv, mmcv's non-local conv_out biases (zeros, 5 blocks),
+# MMAction2's SlowFastHead weight (columns Fast first -> Slow first).
+RESHAPED = {"pytorch-i3d": 1, "mmaction-i3d-nl": 5, "mmaction-slowfast": 1, "mmaction-slowfast-8x8-steplr": 1}
+
+
+def as_head(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """A published classifier weight as the Net's head holds it."""
+    if name.startswith("mmaction-slowfast"):
+        return torch.cat([weight[:, 256:], weight[:, :256]], 1)  # SlowFastHead: [fast 256 | slow 2048]
+    return weight.flatten(1)  # 1x1x1 conv classifiers -> linear
 
 
 # Files of 100-320 MB at full size: their key names and shapes are checked fast above, the full load is slow.
@@ -320,7 +363,7 @@ def test_every_key_and_shape_of_a_published_checkpoint_maps_onto_the_net(make_cf
     assert fmt == name.split("-")[0].split(".")[0].replace("pytorch", "i3d")
     assert sorted(converted) == sorted(own)  # every key lands, every tensor of the net is covered
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in own.items()}
-    assert dst in converted and len(reshaped) == (1 if fmt == "i3d" else 5 if name == "mmaction-i3d-nl" else 0)
+    assert dst in converted and len(reshaped) == RESHAPED.get(name, 0)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in PUBLISHED])
@@ -340,7 +383,7 @@ def test_every_key_of_a_published_checkpoint_lands(make_cfg, tmp_path, name):
     assert sorted(report.loaded) == sorted(own)
     assert torch.equal(own[dst], state[src])
     head = next(k for k in state if k.endswith(HEADS))
-    assert torch.equal(own["head.weight"], state[head].flatten(1))
+    assert torch.equal(own["head.weight"], as_head(name, state[head]))
     with torch.no_grad():
         after = net(x)
     assert not torch.allclose(before, after)
@@ -402,3 +445,103 @@ def test_model_pretrained_format_reaches_the_loader(make_cfg, tmp_path):
     cfg.model.pretrained_format = "mmaction"
     with pytest.raises(ValueError, match="MMAction2 checkpoint is for I3DResNet backbones"):
         build_net(cfg.model)
+
+
+# --- MMAction2 SlowFast ------------------------------------------------------------------------------------
+
+
+def mmaction2_slowfast_logits(state: dict[str, torch.Tensor], x: torch.Tensor, *, alpha: int) -> torch.Tensor:
+    """MMAction2's ``ResNet3dSlowFast.forward`` + ``SlowFastHead`` (eval), written on its own keys: mmcv
+    ConvModules (conv, [bn, relu]), pytorch-style bottlenecks (stride on the 3x3), laterals after the stem and
+    layer1..3, the pathways pooled and concatenated Fast first."""
+
+    def conv_module(prefix: str, x: torch.Tensor, stride=1, relu: bool = True) -> torch.Tensor:
+        w = state[f"{prefix}.conv.weight"]
+        x = F.conv3d(x, w, stride=stride, padding=tuple(k // 2 for k in w.shape[2:]))
+        if f"{prefix}.bn.weight" not in state:
+            return x  # a lateral of lateral_norm=False: no norm, no activation
+        bn = [state[f"{prefix}.bn.{n}"] for n in ("running_mean", "running_var", "weight", "bias")]
+        x = F.batch_norm(x, *bn, training=False, eps=1e-5)
+        return F.relu(x) if relu else x
+
+    def stem(path: str, x: torch.Tensor) -> torch.Tensor:
+        x = conv_module(f"backbone.{path}.conv1", x, stride=(1, 2, 2))
+        return F.max_pool3d(x, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+    def layer(path: str, index: int, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1 + max(int(k.split(".")[3]) for k in state if k.startswith(f"backbone.{path}.layer{index}."))):
+            block, s = f"backbone.{path}.layer{index}.{i}", (1, 2, 2) if index > 1 and i == 0 else 1
+            out = conv_module(f"{block}.conv2", conv_module(f"{block}.conv1", x), stride=s)
+            out = conv_module(f"{block}.conv3", out, relu=False)
+            shortcut = conv_module(f"{block}.downsample", x, stride=s, relu=False) if i == 0 else x
+            x = F.relu(out + shortcut)
+        return x
+
+    slow = stem("slow_path", F.interpolate(x, scale_factor=(1 / alpha, 1, 1), mode="nearest"))
+    fast = stem("fast_path", x)
+    slow = torch.cat([slow, conv_module("backbone.slow_path.conv1_lateral", fast, stride=(alpha, 1, 1))], 1)
+    for index in range(1, 5):
+        slow, fast = layer("slow_path", index, slow), layer("fast_path", index, fast)
+        if index < 4:
+            lateral = conv_module(f"backbone.slow_path.layer{index}_lateral", fast, stride=(alpha, 1, 1))
+            slow = torch.cat([slow, lateral], 1)
+    pooled = torch.cat([fast.mean((2, 3, 4)), slow.mean((2, 3, 4))], 1)  # (B, 256 + 2048): Fast first
+    return F.linear(pooled, state["cls_head.fc_cls.weight"], state["cls_head.fc_cls.bias"])
+
+
+@pytest.mark.parametrize(
+    "keys, alpha, overrides",
+    [
+        ("mmaction_slowfast_r50_4x16.json", 8, ["model.backbone.fusion_norm=false"]),
+        ("mmaction_slowfast_r50_8x8_steplr.json", 4, ["model.backbone.alpha=4", "model.backbone.fusion_kernel=7"]),
+    ],
+)
+def test_mmaction2_slowfast_loads_and_gives_mmaction2s_logits(make_cfg, tmp_path, keys, alpha, overrides):
+    state = published_state(keys)
+    torch.save({"meta": {"mmaction2_version": "1.2.0"}, "state_dict": state}, tmp_path / "slowfast.pth")
+    net = net_of(make_cfg, "slowfast", *overrides, num_classes=400).eval()
+    report = load_pretrained(net, tmp_path / "slowfast.pth")
+    assert report.source.endswith("(mmaction)") and len(report.loaded) == len(state) == len(net.state_dict())
+    assert report.reshaped == [
+        "cls_head.fc_cls.weight (400, 2304) -> head.weight (400, 2304): columns [fast 256 | slow 2048] -> "
+        "[slow | fast] (MMAction2's SlowFastHead concatenates Fast first)"
+    ]
+    own = net.state_dict()
+    for ours, theirs in [
+        ("s1.pathway1_stem.bn.running_var", "fast_path.conv1.bn.running_var"),
+        ("s4.pathway0_res0.branch1_bn.bias", "slow_path.layer3.0.downsample.bn.bias"),
+        ("s5.pathway1_res2.branch2.c.weight", "fast_path.layer4.2.conv3.conv.weight"),
+        ("s3.pathway0_res1.branch2.b_bn.weight", "slow_path.layer2.1.conv2.bn.weight"),
+        ("s1_fuse.conv_f2s.weight", "slow_path.conv1_lateral.conv.weight"),
+    ]:
+        assert torch.equal(own[f"backbone.{ours}"], state[f"backbone.{theirs}"])
+    x = torch.randn(2, 3, 2 * alpha, 32, 32)
+    with torch.no_grad():
+        expected = mmaction2_slowfast_logits(state, x, alpha=alpha)
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    assert expected.std() > 0.01  # the weights reach the logits (not a vanished signal)
+
+
+def test_mmaction2_slowfast_settings_the_file_needs_fail_clearly(make_cfg):
+    def meta_state(keys: str) -> dict[str, torch.Tensor]:
+        return {k: torch.empty(v, device="meta") for k, v in json.loads((KEYS / keys).read_text())["keys"].items()}
+
+    state, steplr = meta_state("mmaction_slowfast_r50_4x16.json"), meta_state("mmaction_slowfast_r50_8x8_steplr.json")
+    with torch.device("meta"):  # names and shapes only: no weight initialisation
+        pyslowfast_like = net_of(make_cfg, "slowfast")  # laterals with BN + ReLU, fusion_kernel 5
+        bare = net_of(make_cfg, "slowfast", "model.backbone.fusion_norm=false")
+        i3d = net_of(make_cfg, "i3d")
+    with pytest.raises(ValueError, match="lateral convs has no BN or ReLU .* set model.backbone.fusion_norm=false"):
+        formats.convert(state, pyslowfast_like, None)
+    with pytest.raises(ValueError, match="lateral convs has a BN .* set model.backbone.fusion_norm=true"):
+        formats.convert(steplr, bare, None)
+    with pytest.raises(ValueError, match="temporal kernel of 7, the net's 5: set model.backbone.fusion_kernel=7"):
+        formats.convert(steplr, pyslowfast_like, None)
+    deeper = {k.replace("layer3.5.", f"layer3.{i}."): v for i in range(5, 23) for k, v in state.items()}
+    with pytest.raises(ValueError, match="pathways of different depths .* 23 Slow blocks, 6 Fast"):
+        formats.convert({**state, **{k: v for k, v in deeper.items() if "slow_path" in k}}, bare, None)
+    with pytest.raises(ValueError, match="is a ResNet-101 .* set model.backbone.depth=101"):
+        formats.convert({**state, **deeper}, bare, None)
+    with pytest.raises(ValueError, match="MMAction2 SlowFast checkpoint is for SlowFast backbones; .* is InceptionI3d"):
+        formats.convert(state, i3d, "mmaction")
+    assert sorted(formats.convert(state, bare, None)[0]) == sorted(bare.state_dict())

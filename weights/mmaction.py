@@ -1,4 +1,6 @@
-"""MMAction2 checkpoints (``.pth``: ``{"meta": ..., "state_dict": ...}``) of its I3D ResNets.
+"""MMAction2 checkpoints (``.pth``: ``{"meta": ..., "state_dict": ...}``) of its I3D ResNets and SlowFast.
+
+SlowFast files (``backbone.slow_path.*``) go to weights/mmaction_slowfast.py; the rest of this module is I3D.
 
 ``backbone.*`` keys are MMAction2's ``ResNet3d`` names, which models/i3d_resnet.py shares, so they land as
 they are; ``cls_head.fc_cls`` becomes ``Net.head``. The non-local blocks of the NL models (mmcv's
@@ -20,16 +22,21 @@ import torch
 from torch import Tensor, nn
 
 from models.i3d_resnet import I3DResNet
+from weights import mmaction_slowfast
 from weights.foreign import backbone_of
 
 _NONLOCAL = re.compile(r"backbone\.(layer\d)\.(\d+)\.non_local_block\.(theta|g|phi|conv_out)(?:\.0)?\.(conv|bn)\.(\w+)")
 
 
 def matches(state: dict[str, Tensor]) -> bool:
+    if mmaction_slowfast.matches(state):
+        return True
     return any(k.startswith("cls_head.") for k in state) and any(k.startswith("backbone.") for k in state)
 
 
 def convert(state: dict[str, Tensor], net: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
+    if mmaction_slowfast.matches(state):
+        return mmaction_slowfast.convert(state, net)
     backbone_of(net, "MMAction2", (I3DResNet,))
     out, reshaped = {}, []
     for key, value in state.items():
