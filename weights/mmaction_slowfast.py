@@ -27,11 +27,14 @@ differences the loader deals with:
 - ``speed_ratio`` (alpha) is not in the keys; the laterals' temporal kernel is, and a mismatch with
   ``model.backbone.fusion_kernel`` fails naming both (8x8 files: ``alpha=4 fusion_kernel=7``).
 
-With those set, a mapped net computes what MMAction2's ``Recognizer3D`` does (checked once against mmaction2
-1.2.0, see tests/test_video_zoo_a.py). ``slowfast_r101-r50`` (a 101-layer Slow and a 50-layer Fast pathway) has
-no counterpart here (one depth for both) and is refused.
+With those set, a mapped net gives the class scores of MMAction2's ``ResNet3dSlowFast`` + ``SlowFastHead``
+(checked once against mmaction2 1.2.0, see tests/test_video_zoo_a.py). MMAction2 normalises its SlowFast inputs
+with ImageNet's mean and std (its ``data_preprocessor``: 123.675/58.395, ... on 0-255), not PySlowFast's
+0.45/0.225: set ``data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]``. ``slowfast_r101-r50`` (a
+101-layer Slow and a 50-layer Fast pathway) has no counterpart here (one depth for both) and is refused.
 
-    python train.py model=slowfast model.backbone.fusion_norm=false model.pretrained=/w/slowfast_r50_4x16.pth
+    python train.py model=slowfast model.backbone.fusion_norm=false model.pretrained=/w/slowfast_r50_4x16.pth \
+        data.mean=[0.485,0.456,0.406] data.std=[0.229,0.224,0.225]
 """
 
 from __future__ import annotations
