@@ -69,6 +69,14 @@ FULL = (
     ),
     Recipe("airbench94, full width (64/256/256), 9.9 epochs", AIRBENCH, (0,), 0.9009, 0.0, cifar=True),
     Recipe("airbench94, full width, 7.4 epochs", (*AIRBENCH, "train_epochs=7.4"), (0,), 0.8931, 0.0, cifar=True),
+    Recipe(
+        "ResNet-18 recipe, 1 epoch",
+        ("experiment=cifar10_resnet18", "trainer.max_epochs=1"),
+        (0,),
+        0.5731,
+        0.0,
+        cifar=True,
+    ),
     Recipe("LeNet, CIFAR-10 (20 epochs)", ("model=lenet", "data=cifar10"), (0, 1, 2), 0.6671, 0.0067, cifar=True),
 )
 QUICK = (
