@@ -104,10 +104,15 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from")
 
 
+def holds_out_no_validation(cfg: DictConfig) -> bool:
+    """``data.val_size=0``: every training image trains (airbench), no validation split."""
+    return (cfg.get("data") or {}).get("val_size", None) == 0
+
+
 def check_validation_split(cfg: DictConfig) -> None:
-    """``data.val_size=0`` holds out no validation images: nothing but the checkpoint (which then keeps the
-    latest weights, trainer/run.py) may need a ``val/`` metric."""
-    if (cfg.get("data") or {}).get("val_size", None) != 0:
+    """Without a validation split nothing but the checkpoint (which then keeps the latest weights,
+    trainer/run.py) may need a ``val/`` metric."""
+    if not holds_out_no_validation(cfg):
         return
     needs = {"optimized_metric": (cfg.get("optimized_metric"), "optimized_metric=test/acc")}
     for name, callback in (cfg.get("callbacks") or {}).items():

@@ -35,6 +35,7 @@ from trainer.checks import (
     check_data_options,
     check_eval_config,
     check_precision,
+    holds_out_no_validation,
 )
 from trainer.finetune import FineTune
 from trainer.module import ClassificationModule, class_accuracies
@@ -166,7 +167,7 @@ def no_validation_without_split(cfg: DictConfig) -> None:
     """``data.val_size=0`` (every training image trains, as airbench does): ``trainer.limit_val_batches=0``, so
     Lightning skips the validation loop instead of building an empty loader and warning about it, and best.ckpt
     holds the latest weights (nothing to monitor; check_config refused every other ``val/`` need)."""
-    if cfg.data.get("val_size", None) != 0:
+    if not holds_out_no_validation(cfg):
         return
     with open_dict(cfg):
         cfg.trainer.limit_val_batches = 0
