@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# Floor of per-sample std (uint8 units): a flat black clip stays finite instead of blowing sensor noise up.
+PER_SAMPLE_EPS = 1.0
 # They would undo or repeat what Pipeline does itself after the transforms.
 FORBIDDEN = ("Normalize", "ToTensorV2", "ToFloat", "FromFloat")
 
@@ -37,6 +39,7 @@ class Pipeline:
         mean: Sequence[float],
         std: Sequence[float],
         alternate_flip: bool = False,
+        per_sample_norm: bool = False,
     ):
         named = dict(transforms.items()) if isinstance(transforms, Mapping) else dict(enumerate(transforms))
         named = {str(k): t for k, t in named.items() if t is not None}
@@ -50,6 +53,9 @@ class Pipeline:
         self.alternate_flip = bool(alternate_flip)
         if self.alternate_flip and not any(type(t).__name__ == "HorizontalFlip" for t in named.values()):
             raise ValueError("augment: alternate_flip=true needs a HorizontalFlip transform in the same pipeline")
+        # Each image or clip standardised by its own per-channel mean and std instead of the dataset's: a dark
+        # clip and a bright one reach the net at one contrast (low-light video; mean/std then go unused).
+        self.per_sample_norm = bool(per_sample_norm)
         self.names = list(named)
         self.compose = A.Compose(list(named.values()))
         self.mean = np.asarray(mean, dtype=np.float32) * 255.0
@@ -80,6 +86,10 @@ class Pipeline:
             raise ValueError(
                 f"augment: the transforms produced {array.shape[-1]} channels but data.mean has {len(self.mean)}"
             )
+        if self.per_sample_norm:
+            axes = tuple(range(array.ndim - 1))  # all but channels: (H, W) or (T, H, W)
+            x = array.astype(np.float32)
+            return (x - x.mean(axis=axes)) / np.maximum(x.std(axis=axes), PER_SAMPLE_EPS)
         return (array.astype(np.float32) - self.mean) * self.inv_std
 
     def __repr__(self) -> str:

@@ -1,6 +1,7 @@
 """``Net``: backbone -> [fusion | ROI pooling] -> [temporal module over frames] -> head.
 
-Flow of ``embed`` for the input kinds the framework meets:
+Flow of ``embed`` for the input kinds the framework meets (after ``input_stream``, when given, has turned a
+clip into what the backbone reads, e.g. frame differences: models/motion.py):
 
     images (B, C, H, W)                    -> backbone -> pool -> (B, D)
     clips  (B, C, T, H, W), 3D backbone    -> backbone -> pool -> (B, D)
@@ -38,6 +39,7 @@ class Net(nn.Module):
         *,
         backbone: StagedBackbone,
         num_classes: int,
+        input_stream: nn.Module | None = None,
         temporal: Callable[..., nn.Module] | None = None,
         fusion: Callable[..., nn.Module] | None = None,
         roi: Callable[..., nn.Module] | None = None,
@@ -51,6 +53,8 @@ class Net(nn.Module):
             raise ValueError(f"num_classes={num_classes} must be a positive number of classes")
         if non_local is not None:
             non_local(backbone=backbone)  # inserts blocks into the backbone's stages
+        # What the backbone reads, made from the clip (models/motion.py: frame differences); None: the clip.
+        self.input_stream = input_stream
         self.backbone = backbone
         self.fusion = fusion(backbone=backbone) if fusion is not None else None
         if roi is not None:
@@ -89,6 +93,8 @@ class Net(nn.Module):
         return self.backbone.forward_pooled(x)
 
     def embed(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
+        if self.input_stream is not None:
+            input = self.input_stream(input)
         folds_frames = input.ndim == 5 and not self.backbone.is_3d
         if not folds_frames:
             if self.temporal is not None:
@@ -111,6 +117,8 @@ class Net(nn.Module):
         and run the temporal module over it."""
         if self.roi is None:
             raise ValueError("forward_boxes needs an ROI head: add model/roi=align (or pool) to the config")
+        if self.input_stream is not None:
+            raise ValueError("forward_boxes does not take model.input_stream (frame differences): boxes are per frame")
         if not (input.ndim == 5 and not self.backbone.is_3d):
             fmap = self._feature_map(input)
             feats, _ = self.roi.box_features(fmap, boxes, tuple(input.shape[-2:]))  # (R, D)

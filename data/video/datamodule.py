@@ -8,6 +8,7 @@ so that clips cut from one long video never sit on both sides.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from data.base import ClassificationDataModule, resolve_size, seeded_split
+from data.in_memory import IN_MEMORY_MODES
+from data.video.cache import check_fits, decode_videos
 from data.video.dataset import VideoClipDataset
 from data.video.lists import (
     VIDEO_EXTENSIONS,
@@ -27,6 +30,9 @@ from data.video.lists import (
 )
 from data.video.sampling import ClipSampler
 from data.video.synthetic import generate
+
+log = logging.getLogger(__name__)
+CLIP_SAMPLINGS = ("stride", "segments")
 
 
 class VideoDataModule(ClassificationDataModule):
@@ -41,6 +47,8 @@ class VideoDataModule(ClassificationDataModule):
         group_pattern: regex whose match in a file name names its group; seeded splits keep groups whole.
         extensions: file suffixes taken as videos when scanning folders.
         num_frames / frame_stride / target_fps: clip sampling (``target_fps`` overrides the stride).
+        clip_sampling: ``stride`` (``num_frames`` frames ``frame_stride`` apart) or ``segments`` (one frame from
+            each of ``num_frames`` equal segments of the whole video, TSN's sampling: data/video/sampling.py).
         crop_size / short_side: frames are resized to ``short_side`` (default ``crop_size``) and cropped.
         test_clips / test_crops: views per test video (uniformly spaced clips x 1 or 3 crops).
         skip_unreadable_train / skip_unreadable_eval: skip (warn, count) or fail on unreadable files.
@@ -62,6 +70,7 @@ class VideoDataModule(ClassificationDataModule):
         num_frames: int = 8,
         frame_stride: int = 1,
         target_fps: float | None = None,
+        clip_sampling: str = "stride",
         crop_size: int = 112,
         short_side: int | None = None,
         test_clips: int = 1,
@@ -77,7 +86,14 @@ class VideoDataModule(ClassificationDataModule):
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.group_pattern = re.compile(group_pattern) if group_pattern else None
         self.extensions = tuple(extensions)
-        self.sampler = ClipSampler(num_frames=num_frames, frame_stride=frame_stride, target_fps=target_fps)
+        if clip_sampling not in CLIP_SAMPLINGS:
+            raise ValueError(f"data.clip_sampling={clip_sampling!r} is unknown; choose one of {CLIP_SAMPLINGS}")
+        self.sampler = ClipSampler(
+            num_frames=num_frames,
+            frame_stride=frame_stride,
+            target_fps=target_fps,
+            segments=clip_sampling == "segments",
+        )
         self.crop_size, self.short_side = int(crop_size), short_side
         self.test_clips, self.test_crops = int(test_clips), int(test_crops)
         self.skip_unreadable_train, self.skip_unreadable_eval = skip_unreadable_train, skip_unreadable_eval
@@ -165,6 +181,28 @@ class VideoDataModule(ClassificationDataModule):
         return p if p.is_absolute() else self.root / p
 
     # --- datasets ------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set, self.test_set = self.hold_decoded(self.list_splits())
+
+    def hold_decoded(self, splits: tuple[VideoClipDataset, ...]) -> tuple[VideoClipDataset, ...]:
+        """``data.in_memory``: the splits taking their clips from videos decoded once (data/video/cache.py);
+        unchanged when false, or ``auto`` and the decoded frames would not fit in memory."""
+        if self.in_memory not in IN_MEMORY_MODES:
+            raise ValueError(f"data.in_memory={self.in_memory!r} must be true, false or auto")
+        if self.in_memory is False:
+            return splits
+        paths = list(dict.fromkeys(path for split in splits for path, _ in split.videos))
+        short_side = self.short_side or self.crop_size
+        if self.in_memory == "auto":
+            try:
+                check_fits(paths, short_side)
+            except ValueError as err:
+                log.info("data.in_memory=auto: per-clip decoding (%s)", err)
+                return splits
+        decoded = dict(zip(paths, decode_videos(paths, short_side=short_side, num_workers=self.num_workers), strict=True))
+        return tuple(split.with_decoded(decoded) for split in splits)
+
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
         if self._splits is None:
             self.check()

@@ -12,6 +12,7 @@ raises ``VideoReadError`` naming it, as ``skip_unreadable`` says.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.video.cache import DecodedVideo
 from data.video.decode import VideoReader, VideoReadError
 from data.video.sampling import ClipSampler
 
@@ -69,6 +71,8 @@ class VideoClipDataset(Dataset):
         skip_unreadable: return None (and warn) for a file that cannot be read instead of raising.
         windows: per video, ``(start, end)`` seconds of an untrimmed file that clips are sampled within (Kinetics'
             ``time_start``/``time_end``), or None for the whole file; None: whole files.
+        decoded: per video, its frames decoded once at ``short_side`` (data/video/cache.py): clips are then
+            taken from memory instead of the file; None: decode each clip from its file.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class VideoClipDataset(Dataset):
         transform: Callable[[np.ndarray], torch.Tensor] | None = None,
         skip_unreadable: bool = False,
         windows: Sequence[tuple[float, float] | None] | None = None,
+        decoded: Sequence[DecodedVideo] | None = None,
     ) -> None:
         short_side = crop_size if short_side is None else short_side
         if short_side < crop_size:
@@ -102,7 +107,16 @@ class VideoClipDataset(Dataset):
         self.views = (1, 1) if train else (num_clips, num_crops)
         self.transform = transform or to_tensor
         self.skip_unreadable = skip_unreadable
+        if decoded is not None and len(decoded) != len(self.videos):
+            raise ValueError(f"{len(decoded)} decoded videos for {len(self.videos)} videos")
+        self.decoded = decoded
         self._last: tuple[tuple[int, int], list[np.ndarray]] | None = None  # (video, clip) -> frames
+
+    def with_decoded(self, decoded: dict[str, DecodedVideo]) -> VideoClipDataset:
+        """This dataset taking its clips from ``decoded`` (path -> frames) instead of the files."""
+        held = copy.copy(self)
+        held.decoded, held._last = [decoded[path] for path, _ in self.videos], None
+        return held
 
     @property
     def views_per_video(self) -> int:
@@ -142,16 +156,24 @@ class VideoClipDataset(Dataset):
         if self._last is not None and self._last[0] == (video, clip):
             return self._last[1]
         path = self.videos[video][0]
-        with VideoReader(path, short_side=self.short_side) as reader:
-            first, n = frame_window(self.windows[video], reader.meta.num_frames, reader.meta.fps, path)
-            fps = reader.meta.fps
-            if self.train:
-                indices = self.sampler.random_clip(n, fps, np.random.default_rng(np.random.randint(2**31)))
-            else:
-                indices = self.sampler.uniform_clips(n, fps, self.views[0])[clip]
-            frames = reader.read(first + indices)
+        if self.decoded is not None:
+            held = self.decoded[video]
+            if held.frames is None:
+                raise VideoReadError(held.error)
+            first, n = frame_window(self.windows[video], len(held.frames), held.fps, path)
+            frames = held.frames[first + self._indices(n, held.fps, clip)]  # (T, h, w, 3)
+        else:
+            with VideoReader(path, short_side=self.short_side) as reader:
+                first, n = frame_window(self.windows[video], reader.meta.num_frames, reader.meta.fps, path)
+                frames = reader.read(first + self._indices(n, reader.meta.fps, clip))
         self._last = ((video, clip), frames)
         return frames
+
+    def _indices(self, num_video_frames: int, fps: float, clip: int) -> np.ndarray:
+        if self.train:
+            rng = np.random.default_rng(np.random.randint(2**31))
+            return self.sampler.random_clip(num_video_frames, fps, rng)
+        return self.sampler.uniform_clips(num_video_frames, fps, self.views[0])[clip]
 
     def _crop(self, frames: np.ndarray, crop: int) -> np.ndarray:
         _, h, w, _ = frames.shape
