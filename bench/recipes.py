@@ -2,13 +2,16 @@
 
     python -m bench.recipes --cifar-root DIR            # the README's recipe table (hours on 2 CPU cores)
     python -m bench.recipes --cifar-root DIR --quick    # reduced budgets with their own stated figures (<= 15 min)
+    python -m bench.recipes --arid-root DIR --only ARID  # the real-video recipes (DIR: arid6-train.tar unpacked)
 
 Each recipe is the exact ``train.py`` command the README shows (run in this process through ``train(cfg)``,
 the config train.py composes), over the seeds the README states. Prints per recipe the measured test accuracy
 (mean ± std over seeds) and training seconds beside the stated figure, and PASS when the measured mean lies
 within the stated mean ± max(2 x stated std, 0.005), FAIL otherwise. ``DIR`` holds ``cifar-10-batches-py``
 (the dev layout of ../shared/data/cifar10_dev.py: 40,000 training and 10,000 "dev test" images); without it the
-CIFAR-10 recipes are skipped and said so. This is the check to run before changing the training path; the
+CIFAR-10 recipes are skipped and said so. ``--arid-root DIR`` is the folder ``tar -xf ../shared/data/arid6-train.tar
+-C DIR`` writes ``arid6/`` into (or ``arid6`` itself): the ARID-6 recipes train on its scene-disjoint dev split
+and report dev-test accuracy on unseen scenes; without it they are skipped and said so. This is the check to run before changing the training path; the
 README's figures come from its output.
 """
 
@@ -37,12 +40,13 @@ class Recipe:
     stated_mean: float
     stated_std: float
     cifar: bool = False  # needs --cifar-root (data.root is added)
+    arid: bool = False  # needs --arid-root (data.root=<arid6>/train is added)
     metric: str = "test/acc"
     note: str = field(default="", compare=False)
 
     def command(self) -> str:
         seeds = ",".join(map(str, self.seeds))
-        root = " data.root=DIR" if self.cifar else ""
+        root = " data.root=DIR" if self.cifar else " data.root=DIR/arid6/train" if self.arid else ""
         return f"python train.py -m {' '.join(self.overrides)}{root} seed={seeds}".replace("  ", " ")
 
 
@@ -111,7 +115,7 @@ QUICK = (
 def run(recipe: Recipe, seed: int, args: argparse.Namespace, run_dir: Path) -> dict:
     from trainer.run import train
 
-    root = [f"data.root={args.cifar_root}"] if recipe.cifar else []
+    root = [f"data.root={args.cifar_root}"] if recipe.cifar else [f"data.root={args.arid_root}/train"] if recipe.arid else []
     train(compose_config(*QUIET, *recipe.overrides, *root, f"seed={seed}", output_dir=run_dir))
     return json.loads((run_dir / "results.json").read_text())
 
@@ -123,10 +127,22 @@ def verdict(recipe: Recipe, measured: float) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def arid_root(text: str) -> Path:
+    """The unpacked ``arid6/`` folder, given as itself or as the folder holding it."""
+    for root in (Path(text), Path(text) / "arid6"):
+        if (root / "train").is_dir() and (root / "dev_train.txt").is_file():
+            return root
+    raise argparse.ArgumentTypeError(
+        f"--arid-root {text}: no arid6/train and dev_train.txt there; unpack it with "
+        f"`tar -xf ../shared/data/arid6-train.tar -C {text}`"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced budgets (<= 15 min on 2 cores)")
     parser.add_argument("--cifar-root", type=Path, default=None, help="folder holding cifar-10-batches-py")
+    parser.add_argument("--arid-root", type=arid_root, default=None, help="arid6-train.tar unpacked (DIR or DIR/arid6)")
     parser.add_argument("--only", default=None, help="run the recipes whose name contains this text")
     parser.add_argument("--out", type=Path, default=None, help="directory for the runs (default: temporary)")
     args = parser.parse_args()
@@ -141,6 +157,9 @@ def main() -> None:
         for i, recipe in enumerate(recipes):
             if recipe.cifar and not has_cifar:
                 rows.append([recipe.name, "skipped: no --cifar-root", "", "", ""])
+                continue
+            if recipe.arid and args.arid_root is None:
+                rows.append([recipe.name, "skipped: no --arid-root", "", "", ""])
                 continue
             results = [run(recipe, s, args, out / f"{i}_seed{s}") for s in recipe.seeds]
             accs = [r[recipe.metric] for r in results]

@@ -23,6 +23,9 @@ ROI heads and fusion necks belong on the conv stages (``model.roi.stage=conv5``)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from models.named_stages import NamedStages
@@ -51,23 +54,47 @@ class C3D(NamedStages):
     }
     is_3d = True
 
-    def __init__(self, *, in_chans: int = 3, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        in_chans: int = 3,
+        dropout: float = 0.5,
+        width: float = 1.0,
+        fc_dim: int = 4096,
+        batch_norm: bool = False,
+        pool_size: Sequence[int] = (1, 4, 4),
+    ) -> None:
+        """The published C3D with the defaults; ``width`` scales every conv's channels, ``fc_dim`` sizes fc6/fc7,
+        ``batch_norm`` adds a BatchNorm3d after each conv (``conv1_bn`` ...: trains from scratch on little
+        data), ``pool_size`` is the map fc6 reads (``[1, 1, 1]``: a global average, position-free)."""
         super().__init__()
-
-        def conv(c_in: int, c_out: int) -> nn.Conv3d:
-            return nn.Conv3d(c_in, c_out, 3, padding=1)
+        if not width > 0 or int(fc_dim) < 1:
+            raise ValueError(f"model.backbone.width={width} and fc_dim={fc_dim} must be positive")
+        if len(pool_size) != 3 or any(int(k) < 1 for k in pool_size):
+            raise ValueError(f"model.backbone.pool_size={list(pool_size)} must be three positive sizes (T, H, W)")
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
+        self.stage_channels = dict(zip(self.stage_names, [c1, c2, c3, c4, c4, fc_dim, fc_dim], strict=True))
+        self.stage_modules = {k: list(v) for k, v in C3D.stage_modules.items()}
+        self.stem = nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(dropout)
+        convs = {
+            "conv1": (in_chans, c1), "conv2": (c1, c2), "conv3a": (c2, c3), "conv3b": (c3, c3),
+            "conv4a": (c3, c4), "conv4b": (c4, c4), "conv5a": (c4, c4), "conv5b": (c4, c4),
+        }  # fmt: skip
+        for name, (c_in, c_out) in convs.items():
+            setattr(self, name, nn.Conv3d(c_in, c_out, 3, padding=1, bias=not batch_norm))
+            if batch_norm:  # conv -> bn -> relu: the BN goes right after its conv in the stage's order
+                setattr(self, f"{name}_bn", nn.BatchNorm3d(c_out))
+                stage = next(k for k, v in self.stage_modules.items() if name in v)
+                names = self.stage_modules[stage]
+                names.insert(names.index(name) + 1, f"{name}_bn")
 
         def pool(kernel: tuple[int, int, int], padding: tuple[int, int, int] = (0, 0, 0)) -> nn.MaxPool3d:
             return nn.MaxPool3d(kernel, stride=kernel, padding=padding, ceil_mode=True)
 
-        self.stem = nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(dropout)
-        self.conv1, self.pool1 = conv(in_chans, 64), pool((1, 2, 2))
-        self.conv2, self.pool2 = conv(64, 128), pool((2, 2, 2))
-        self.conv3a, self.conv3b, self.pool3 = conv(128, 256), conv(256, 256), pool((2, 2, 2))
-        self.conv4a, self.conv4b, self.pool4 = conv(256, 512), conv(512, 512), pool((2, 2, 2))
-        self.conv5a, self.conv5b, self.pool5 = conv(512, 512), conv(512, 512), pool((2, 2, 2), (0, 1, 1))
-        self.pool6 = nn.AdaptiveAvgPool3d((1, 4, 4))
-        self.fc6 = FullyConnected3d(512 * 4 * 4, 4096)
-        self.fc7 = FullyConnected3d(4096, 4096)
+        self.pool1, self.pool2, self.pool3 = pool((1, 2, 2)), pool((2, 2, 2)), pool((2, 2, 2))
+        self.pool4, self.pool5 = pool((2, 2, 2)), pool((2, 2, 2), (0, 1, 1))
+        self.pool6 = nn.AdaptiveAvgPool3d(tuple(int(k) for k in pool_size))
+        self.fc6 = FullyConnected3d(c4 * math.prod(int(k) for k in pool_size), fc_dim)
+        self.fc7 = FullyConnected3d(fc_dim, fc_dim)

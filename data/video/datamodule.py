@@ -42,7 +42,8 @@ class VideoDataModule(ClassificationDataModule):
         root: the folder holding one subfolder per class.
         class_index: ``classInd.txt``-style file fixing class order and label base; default: sorted folders.
         train_list / val_list / test_list: split lists (paths relative to ``root`` unless absolute).
-        val_size / test_size: fractions or counts for the seeded splits made where lists are missing.
+        val_size / test_size: fractions or counts for the seeded splits made where lists are missing; val_size=0
+            (and no val_list): no validation split (every training video trains).
         split_seed: seeds those splits (kept apart from ``seed`` so that seeds vary training, not data).
         group_pattern: regex whose match in a file name names its group; seeded splits keep groups whole.
         extensions: file suffixes taken as videos when scanning folders.
@@ -121,7 +122,7 @@ class VideoDataModule(ClassificationDataModule):
         self._class_names = names
         splits = self.split_videos(names, base)
         for split, videos in splits.items():
-            if not videos:
+            if not videos and not (split == "val" and self.holds_out_no_validation):
                 raise ValueError(
                     f"the {split} split of {self.root} is empty; check data.val_size/test_size and the lists"
                 )
@@ -131,6 +132,12 @@ class VideoDataModule(ClassificationDataModule):
                     f"{len(missing)} {split} videos are missing under {self.root}, e.g. {missing[:3]}"
                 )
         self._splits = splits
+
+    @property
+    def holds_out_no_validation(self) -> bool:
+        """``data.val_size=0`` without a ``val_list``: every training video trains and no validation runs
+        (trainer.run.no_validation_without_split), for datasets too small to spare a held-out scene."""
+        return self.lists["val"] is None and self.val_size == 0
 
     def split_videos(self, names: list[str], base: int | None) -> dict[str, list[Video]]:
         """``{"train", "val", "test"}`` -> videos, from the lists or seeded splits."""
