@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from runs.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
+from nets.stored import UnsafeConfigError, load_checkpoint, stored_config
+from runs.checkpoint import AtomicCheckpointIO
 from runs.faults import NonFiniteError, all_finite, check_update
 from trainer.run import train
 

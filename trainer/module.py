@@ -68,7 +68,8 @@ class ClassificationModule(pl.LightningModule):
         # The base values the parameter groups are built from, given apart from the optimizer (the config
         # interpolates the optimizer's): fine-tuning scales the lr per group; norms and biases get no decay.
         self.lr, self.weight_decay = lr, weight_decay
-        # Named per-stage groups with their own lrs (trainer.finetune.FineTune.param_groups), else decay/no-decay.
+        # Named per-stage groups with their own lrs (trainer.callbacks.finetune.FineTune.param_groups), else
+        # decay/no-decay.
         self.group_params = group_params
         self.label_smoothing = label_smoothing
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
