@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 RENAMED_TARGETS = {
-    # the restructuring of issue 26: Lightning callbacks in trainer/callbacks/, sweeps in sweeps/
+    # the restructuring of issue 26: Lightning callbacks in trainer/callbacks/, sweeps in sweeps/, the
+    # checkpoint writer in runs/checkpoint_io.py
     "runs.checkpoint.ModelCheckpoint": "trainer.callbacks.checkpoint.ModelCheckpoint",
+    "runs.checkpoint.AtomicCheckpointIO": "runs.checkpoint_io.AtomicCheckpointIO",
     "trainer.callbacks.WhiteningInit": "trainer.callbacks.whitening.WhiteningInit",
     "trainer.lookahead.Lookahead": "trainer.callbacks.lookahead.Lookahead",
     "trainer.finetune.FineTune": "trainer.callbacks.finetune.FineTune",

@@ -1,6 +1,6 @@
 """Checkpoints read back: as plain data only (``weights_only=True``), moved ``_target_``s renamed
 (nets/renamed.py), their stored config built only from an allowlist of exact classes (writing them:
-runs/checkpoint.py).
+runs/checkpoint_io.py).
 
 A stored config is code: instantiating it calls whatever its ``_target_``s name, with whatever arguments it
 gives. A checkpoint from elsewhere may name anything, so before a stored config is built every ``_target_``
@@ -83,7 +83,7 @@ ALLOWED_TARGETS = frozenset(
         "trainer.callbacks.finetune.FineTune",
         "trainer.callbacks.ema.EMA",
         "trainer.callbacks.checkpoint.ModelCheckpoint",
-        "runs.checkpoint.AtomicCheckpointIO",
+        "runs.checkpoint_io.AtomicCheckpointIO",
         "runs.distributed.DDPStrategy",
         "torch.optim.SGD",
         "torch.optim.Adam",

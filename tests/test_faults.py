@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from nets.stored import UnsafeConfigError, load_checkpoint, stored_config
-from runs.checkpoint import AtomicCheckpointIO
-from runs.faults import NonFiniteError, all_finite, check_update
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.nonfinite import NonFiniteError, all_finite, check_update
 from trainer.run import train
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.

@@ -177,6 +177,7 @@ def test_a_stored_timm_backbone_may_not_fetch_weights(tmp_path):
 # The `_target_`s as train.py wrote them into checkpoints before the restructuring of issue 26.
 BEFORE_THE_MOVES = {
     ("callbacks", "model_checkpoint"): "runs.checkpoint.ModelCheckpoint",
+    ("trainer", "plugins", 0): "runs.checkpoint.AtomicCheckpointIO",
     ("callbacks", "ema"): "trainer.ema.EMA",
     ("finetune",): "trainer.finetune.FineTune",
 }
@@ -186,6 +187,7 @@ def test_a_checkpoint_written_with_old_import_paths_still_loads_and_resumes(make
     from hydra.utils import instantiate
 
     from nets.build import net_from_checkpoint
+    from runs.checkpoint_io import AtomicCheckpointIO
     from trainer.callbacks.checkpoint import ModelCheckpoint
     from trainer.callbacks.ema import EMA
     from trainer.callbacks.finetune import FineTune
@@ -209,6 +211,7 @@ def test_a_checkpoint_written_with_old_import_paths_still_loads_and_resumes(make
     cfg = resumed_config(make_cfg(f"ckpt_path={path}", "callbacks=ema", "finetune=linear_probe", small=False))
     assert isinstance(instantiate(cfg.callbacks.ema), EMA)
     assert isinstance(instantiate(cfg.callbacks.model_checkpoint), ModelCheckpoint)
+    assert isinstance(instantiate(cfg.trainer.plugins[0]), AtomicCheckpointIO)
     assert isinstance(instantiate(cfg.finetune), FineTune)
 
 

@@ -30,7 +30,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from data.sampler import balanced_class_weights
-from runs.faults import ConsecutiveSkips, check_nonfinite_mode, check_update
+from runs.nonfinite import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
 from trainer.tta import check_tta, tta_logits
 

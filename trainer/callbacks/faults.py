@@ -1,5 +1,5 @@
 """Surviving faults: interruption by a signal, and the random state a resume needs (non-finite numbers:
-runs/faults.py).
+runs/nonfinite.py).
 
 - ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send) and SIGUSR1 (SLURM's
   warning before a time limit, ``#SBATCH --signal=USR1@90``) are turned into "finish this batch, write

@@ -13,7 +13,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from runs.atomic import atomic_open
-from runs.faults import NonFiniteError, nonfinite_names
+from runs.nonfinite import NonFiniteError, nonfinite_names
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

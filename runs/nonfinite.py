@@ -3,7 +3,7 @@
 - ``check_update``: called by the LightningModule before each optimizer step, one host sync for the loss
   and all gradients; ``error`` stops the run naming the step, ``skip`` drops the update and counts it, and
   ``ConsecutiveSkips`` stops a run that skips ``module.max_consecutive_skips`` updates in a row.
-- ``nonfinite_names``: the checkpoint writer (runs/checkpoint.py) refuses weights holding NaN or inf.
+- ``nonfinite_names``: the checkpoint writer (runs/checkpoint_io.py) refuses weights holding NaN or inf.
 
 Signals and the random state a resume needs are callbacks: trainer/callbacks/faults.py.
 """
