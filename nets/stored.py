@@ -37,6 +37,7 @@ ALLOWED_TARGETS = frozenset(
         "models.backbones.ResNet",
         "models.backbones.VGG",
         "models.backbones.VideoResNet",
+        "models.motion.FrameDifference",
         "models.temporal.MeanPool",
         "models.temporal.MaxPool",
         "models.temporal.LSTM",

@@ -18,7 +18,7 @@ from data.video.sampling import ClipSampler
 from models.motion import FrameDifference
 from models.net import Net
 from models.x3d import X3D
-from trainer.build import build_net
+from nets.build import build_net
 from tests.video_utils import frame_ids, make_video_folder
 
 
