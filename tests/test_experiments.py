@@ -32,6 +32,27 @@ def write_ucf101(data_dir: Path) -> Path:
     return root
 
 
+ARID_CLASSES = ["Jump", "Run", "Sit", "Stand", "Turn", "Walk"]
+
+
+def write_arid6(data_dir: Path) -> Path:
+    """``arid6/train/<Class>/<Class>_<scene>_<n>.mp4``, ``classInd.txt`` (0-based, tab-separated) and the dev lists
+    as ``../shared/data/arid6-train.tar`` ships them: two scenes a class, one for dev_train, one for dev_test."""
+    root = data_dir / "arid6"
+    lists = {"dev_train.txt": [], "dev_test.txt": []}
+    for label, name in enumerate(ARID_CLASSES):
+        for scene, split in ((2 * label + 1, "dev_train.txt"), (2 * label + 2, "dev_test.txt")):
+            for n in (1, 2):
+                clip = f"{name}/{name}_{scene}_{n}.mp4"
+                make_video(root / "train" / clip, 12, height=24, width=32)
+                lists[split].append(clip)
+    (root / "classInd.txt").write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(ARID_CLASSES)))
+    for name, clips in lists.items():
+        (root / name).write_text("\n".join(clips) + "\n")
+    (root / "train_all.txt").write_text("\n".join(lists["dev_train.txt"] + lists["dev_test.txt"]) + "\n")
+    return root
+
+
 SHRINK_VIDEO = [
     "data.num_frames=4",
     "data.frame_stride=1",
@@ -54,6 +75,8 @@ EXPERIMENTS = {
         lambda d: None,
         ["data.train_per_class=2", "data.val_per_class=1", "data.test_per_class=1", "data.batch_size=4"],
     ),
+    "arid6_c3d": (write_arid6, [*SHRINK_VIDEO, "data.short_side=20"]),
+    "arid6_cnn_gru": (write_arid6, [*SHRINK_VIDEO, "data.short_side=20"]),
     "ucf101_cnn_lstm": (write_ucf101, ["data.num_classes=2", "data.val_size=0.5", *SHRINK_VIDEO]),
     "ucf101_r2plus1d": (write_ucf101, ["data.num_classes=2", "data.val_size=0.5", *SHRINK_VIDEO]),
 }
