@@ -118,3 +118,15 @@ def test_video_models_prints_one_row_per_model(monkeypatch, capsys):
     out = run_bench("video_models", args, monkeypatch, capsys)
     assert re.search(rf"^\|\s+x3d \|( +{NUMBER} \|){{6}}$", out, re.M)
     assert "clips 2 x 3 x 4 x 32 x 32" in out
+
+
+def test_arid_probe_prints_the_three_descriptors(monkeypatch, capsys, tmp_path):
+    from tests.test_experiments import write_arid6
+
+    write_arid6(tmp_path)  # 12 generated clips a split in ARID-6's layout
+    out = run_bench("arid_probe", ["--arid-root", str(tmp_path)], monkeypatch, capsys)
+    for name in ("appearance", "motion map", "motion statistics"):
+        assert len(re.findall(rf"^\|\s+{name} \|", out, re.M)) == 3  # one row per regularisation strength
+    assert "training scenes per class: Jump 1, Run 1" in out
+    with pytest.raises(SystemExit):
+        run_bench("arid_probe", ["--arid-root", str(tmp_path / "nowhere")], monkeypatch, capsys)
