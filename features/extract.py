@@ -40,6 +40,7 @@ from features.plans import (
     video_plan,
 )
 from features.shards import batch_items, even_items, parse_shard, shard_dir
+from features.splits import is_dataset, split_plan
 from features.store import FeatureStore, write_atomic, write_video_means
 from nets.build import build_net, net_from_checkpoint
 from nets.stored import load_checkpoint, stored_config
@@ -59,8 +60,24 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {MODES}")
     net, stored = load_net(cfg)
-    prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
-    kind, sources = list_sources(cfg.input, kind=cfg.kind)
+    if is_dataset(cfg.data):  # data=<group> split=<split>: the DataModule lists, decodes and transforms
+        if cfg.mode != "clips" or cfg.boxes is not None:
+            raise ValueError(
+                f"data=<group> extracts one row per sample (mode=clips, no boxes=); mode={cfg.mode} and boxes= "
+                "read raw files: give input=<folder or file list> instead"
+            )
+        kind, plan, clips, common = split_plan(cfg.data, cfg.split, stored)
+        common = {**common, **net_settings(cfg, stored)}
+        input_name = f"{cfg.data._target_} split={cfg.split}"
+    else:
+        if cfg.input is None:
+            raise ValueError("give input=<folder or file list>, or data=<group> split=train|val|test")
+        prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
+        kind, sources = list_sources(cfg.input, kind=cfg.kind)
+        common = run_settings(cfg, kind, prep, stored)
+        input_name = cfg.input
+        if cfg.mode == "clips":
+            plan, clips = make_plan(cfg, kind, sources, prep), prep.test_clips
     layers, pools = resolve_layers(cfg, net)
     shard = parse_shard(cfg.shard)
     device = resolve_device(cfg.device)
@@ -72,12 +89,13 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
         roi_sampling_ratio=cfg.roi.sampling_ratio,
     )
     embedder = embedder.to(device).eval()
-    common = run_settings(cfg, kind, prep, stored)
     settings = {layer: {**common, "layer": layer, "pool": embedder.pools[layer]} for layer in layers}
     out = Path(cfg.output)
     dirs = {layer: out / layer if cfg.layers is not None else out for layer in layers}
-    run = extract_dense if cfg.mode == "dense" else extract_rows
-    metas = run(cfg, kind, sources, prep, embedder, settings, dirs, shard=shard, device=device)
+    if cfg.mode == "dense":
+        metas = extract_dense(cfg, kind, sources, prep, embedder, settings, dirs, shard=shard, device=device)
+    else:
+        metas = extract_rows(cfg, kind, plan, clips, input_name, embedder, settings, dirs, shard=shard, device=device)
     seconds = round(time.perf_counter() - start_time, 3)
     for layer, meta in metas.items():
         meta.update(seconds=seconds, video_mean=bool(cfg.video_mean), layers=layers)
@@ -91,8 +109,9 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
 def extract_rows(
     cfg: DictConfig,
     kind: str,
-    sources: list[Source],
-    prep: Preprocessing,
+    plan: Plan,
+    clips: int,
+    input_name: str,
     embedder: Embedder,
     settings: dict[str, dict[str, Any]],
     dirs: dict[str, Path],
@@ -100,8 +119,8 @@ def extract_rows(
     shard: tuple[int, int] | None,
     device: torch.device,
 ) -> dict[str, dict[str, Any]]:
-    """One row per image, clip or box (``mode=clips``): one FeatureStore per layer."""
-    plan = make_plan(cfg, kind, sources, prep)
+    """One row per image, clip or box (``mode=clips``) of ``plan``: one FeatureStore per layer; ``clips`` rows
+    per video (the per-video means)."""
     shapes = embedder.probe(plan.sample_shape, boxes=cfg.boxes is not None)
     items = batch_items(plan.num_items, cfg.batch_size, shard)
     stores = {
@@ -120,8 +139,8 @@ def extract_rows(
     first = stores[embedder.layers[0]]
     log.info(
         "%s: %d %s -> %d rows (items %d..%d) x %s (%s) in %s; %d items done",
-        cfg.input,
-        len(sources),
+        input_name,
+        plan.num_items,
         kind,
         plan.num_rows,
         items.start,
@@ -148,7 +167,7 @@ def extract_rows(
     for layer, store in stores.items():
         store.write_failures()
         if kind == "videos" and cfg.video_mean and cfg.boxes is None and shard is None:
-            write_video_means(store.out, plan.index, store.features, clips=prep.test_clips)
+            write_video_means(store.out, plan.index, store.features, clips=clips)
         metas[layer] = {
             **settings[layer],
             "rows": len(store.features),
@@ -363,21 +382,28 @@ def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) ->
 
 
 def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[str, Any]) -> dict[str, Any]:
-    """What the features depend on: a resumed run must have the same (progress.json: their fingerprint)."""
-    ckpt = Path(cfg.ckpt_path).resolve() if cfg.get("ckpt_path") else None
-    model = stored.get("model") if ckpt else OmegaConf.to_container(cfg.model, resolve=True)
+    """What the features of a raw input depend on: a resumed run must have the same (progress.json: their
+    fingerprint)."""
     prep_values = {k: v for k, v in vars(prep).items() if k != "transform"}
     return {
         "input": str(Path(cfg.input).resolve()),
         "kind": kind,
-        "ckpt_path": str(ckpt) if ckpt else None,
-        "ckpt_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
-        "model": model,
-        "mode": cfg.mode,
+        **net_settings(cfg, stored),
         "windows": vars(window_spec(cfg, prep)) if cfg.mode == "dense" else None,
         "boxes": str(Path(cfg.boxes).resolve()) if cfg.boxes is not None else None,
         "roi": OmegaConf.to_container(cfg.roi) if cfg.boxes is not None else None,
         "preprocessing": {**prep_values, "transform": repr(prep.transform)},
+    }
+
+
+def net_settings(cfg: DictConfig, stored: dict[str, Any]) -> dict[str, Any]:
+    """The net behind the features: its checkpoint (and when it was written) or its model config."""
+    ckpt = Path(cfg.ckpt_path).resolve() if cfg.get("ckpt_path") else None
+    return {
+        "ckpt_path": str(ckpt) if ckpt else None,
+        "ckpt_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
+        "model": stored.get("model") if ckpt else OmegaConf.to_container(cfg.model, resolve=True),
+        "mode": cfg.mode,
     }
 
 
