@@ -26,6 +26,7 @@ from omegaconf.errors import (
 )
 from PIL import Image
 
+from data.base import dataset_files
 from data.image_folder import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -211,16 +212,6 @@ def check_writable(*directories: str | Path) -> None:
             ) from e
 
 
-def file_samples(dataset: Any) -> list | None:
-    """The ``(path, label)`` list a file-reading dataset reads from: ``ImageFileDataset.samples``,
-    ``VideoClipDataset.videos``; None for datasets held in memory."""
-    for name in ("samples", "videos"):
-        items = getattr(dataset, name, None)
-        if isinstance(items, list):
-            return items
-    return None
-
-
 def probe_file(path: str | Path) -> str | None:
     """Why ``path`` cannot be read (None if it can), cheaply: an image's header is decoded (PIL ``verify``, which
     for PNG also checks every chunk's CRC) and a JPEG that does not end with its end-of-image marker, as a
@@ -262,7 +253,7 @@ def check_eval_files(datamodule: Any, *, workers: int = 8) -> int:
     splits = [("val", val_set), ("test", test_set)]
     lists: dict[int, tuple[str, Any, list]] = {}  # one entry per file list (the test split may be the val one)
     for split, dataset in splits:
-        if items := file_samples(dataset):
+        if items := dataset_files(dataset):
             seen = lists.get(id(items))
             lists[id(items)] = (f"{seen[0]}, {split}" if seen else split, dataset, items)
     paths = sorted({str(p) for _, _, items in lists.values() for p, _ in items})
