@@ -130,3 +130,12 @@ def test_arid_probe_prints_the_three_descriptors(monkeypatch, capsys, tmp_path):
     assert "training scenes per class: Jump 1, Run 1" in out
     with pytest.raises(SystemExit):
         run_bench("arid_probe", ["--arid-root", str(tmp_path / "nowhere")], monkeypatch, capsys)
+
+
+def test_recipes_skip_the_arid_rows_without_the_clips_and_name_the_command(monkeypatch, capsys, tmp_path):
+    out = run_bench("recipes", ["--only", "ARID"], monkeypatch, capsys)
+    assert out.count("skipped: no --arid-root") == 2
+    assert "python train.py -m experiment=arid6_c3d data.root=DIR/arid6/train seed=0,1,2" in out
+    with pytest.raises(SystemExit):
+        run_bench("recipes", ["--only", "ARID", "--arid-root", str(tmp_path)], monkeypatch, capsys)
+    assert "no arid6/train and dev_train.txt" in capsys.readouterr().err
