@@ -25,7 +25,7 @@ backward, AdamW) of ``--model`` (``cnn_gru``: LeNet per frame + GRU; the same in
 Timed: the epochs only (building the loader, whose workers start and end once per epoch with
 ``data.persistent_workers=false``, included); the decoding done once beforehand by the cached and plain sides
 (``prep s``) is timed once and reported apart. The sides run in turn, A B C A B C ..., ``--repeats`` times,
-after one untimed epoch of each. The goal: a cached epoch at most 1.2x the plain loop's (its decoding excluded).
+after one untimed epoch of each (part 2: after decoding the first file). The goal: a cached epoch at most 1.2x the plain loop's (its decoding excluded).
 
 **2. Decode frames/s** of every video under ``DIR``, one process, one decoder thread on every side:
 
@@ -239,7 +239,7 @@ def train_main(args: argparse.Namespace, root: Path, tmp: Path) -> None:
             min(v),
             max(v),
             statistics.median(cpu[name]),
-            prep[name],
+            f"{prep[name]:.2f}",
         ]
         for name, v in seconds.items()
     ]
@@ -303,11 +303,12 @@ def decode_main(args: argparse.Namespace, root: Path) -> None:
     sampler = ClipSampler(num_frames=args.frames, segments=True)
     rng = np.random.default_rng(0)
 
-    # Each side returns (frames, own wall s, own CPU s); "own" is None where the caller's measure is the figure.
-    def ours_all() -> tuple[int, None, None]:
+    # Each side decodes a list of files and returns (frames, own wall s, own CPU s); "own" is None where the
+    # caller's measure is the figure.
+    def ours_all(files: list[Path]) -> tuple[int, None, None]:
         return sum(len(read_all(p, short_side=args.short_side)) for p in files), None, None
 
-    def ours_clip() -> tuple[int, None, None]:
+    def ours_clip(files: list[Path]) -> tuple[int, None, None]:
         decoded = 0
         for p in files:
             with VideoReader(p, short_side=args.short_side) as video:
@@ -315,26 +316,26 @@ def decode_main(args: argparse.Namespace, root: Path) -> None:
                 decoded += video.decoded
         return decoded, None, None
 
-    sides: dict[str, Callable[[], tuple]] = {"ours, every frame": ours_all, "ours, one clip": ours_clip}
+    sides: dict[str, Callable[[list[Path]], tuple]] = {"ours, every frame": ours_all, "ours, one clip": ours_clip}
     exe = ffmpeg_exe()
     if exe is None:
         print("\n2. ffmpeg: skipped: no ffmpeg on PATH and no imageio-ffmpeg package (pip install imageio-ffmpeg)")
     else:
         for name, scaled in (("ffmpeg, scale + rgb24", True), ("ffmpeg, decode only", False)):
 
-            def run(scaled: bool = scaled) -> tuple[int, float, float]:
+            def run(files: list[Path], scaled: bool = scaled) -> tuple[int, float, float]:
                 out = np.array([ffmpeg_decode(exe, p, sizes[p] if scaled else None) for p in files])  # (files, 3)
                 return int(out[:, 0].sum()), float(out[:, 1].sum()), float(out[:, 2].sum())
 
             sides[name] = run
-    for fn in sides.values():  # warm-up: the page cache, codec initialisation
-        fn()
+    for fn in sides.values():  # warm-up: codec initialisation, first calls
+        fn(files[:1])
     keys = ("s", "cpu", "process", "process_cpu")
     runs: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in sides}
     frames: dict[str, int] = {}
     for r in range(args.repeats):
         for name, fn in sides.items():
-            wall, cpu, (n, own_wall, own_cpu) = measure(fn)
+            wall, cpu, (n, own_wall, own_cpu) = measure(lambda fn=fn: fn(files))
             s = wall if own_wall is None else own_wall  # FFmpeg's own -benchmark figures where it gives them
             c = cpu if own_cpu is None else own_cpu
             for k, v in zip(keys, (s, c, wall, cpu), strict=True):
