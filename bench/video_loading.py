@@ -25,7 +25,7 @@ backward, AdamW) of ``--model`` (``cnn_gru``: LeNet per frame + GRU; the same in
 Timed: the epochs only (building the loader, whose workers start and end once per epoch with
 ``data.persistent_workers=false``, included); the decoding done once beforehand by the cached and plain sides
 (``prep s``) is timed once and reported apart. The sides run in turn, A B C A B C ..., ``--repeats`` times,
-after one untimed epoch of each (part 2: after decoding the first file). The goal: a cached epoch at most 1.2x the plain loop's (its decoding excluded).
+after one untimed epoch of each. The goal: a cached epoch at most 1.2x the plain loop's (its decoding excluded).
 
 **2. Decode frames/s** of every video under ``DIR``, one process, one decoder thread on every side:
 
@@ -38,10 +38,11 @@ after one untimed epoch of each (part 2: after decoding the first file). The goa
   format=rgb24 -f null -`` per file: the same work as ``read_all``;
 - ``ffmpeg, decode only``: ``ffmpeg -benchmark -threads 1 -i F -map 0:v:0 -f null -``: the practical limit.
 
-FFmpeg's seconds are its own ``-benchmark`` ``rtime`` (decoding, after the process has started and opened the
-file; ``process s`` is the whole process); FFmpeg comes from ``PATH``, else from the ``imageio-ffmpeg`` package
-(a static build); without either that part is skipped with a message. Sides alternate within each repeat.
-The goal: ``read_all`` within 1.5x of FFmpeg's time for the same work.
+FFmpeg's seconds are its own ``-benchmark`` figures (``rtime``, and ``utime + stime`` as CPU seconds: decoding,
+after the process has started and opened the file; ``process s`` and ``process cpu s`` are the whole process).
+FFmpeg comes from ``PATH``, else from the ``imageio-ffmpeg`` package (a static build); without either that part
+is skipped with a message. The sides alternate within each repeat, after each has decoded the first file once. The goal: ``read_all``
+within 1.5x of FFmpeg's time for the same work.
 
 Both parts print each run (wall and CPU seconds: this process's threads and its ended children, the loader
 workers and FFmpeg), a table of medians and ranges, and ratios as ``name=value``: wall seconds of one side over
