@@ -41,8 +41,8 @@ after one untimed epoch of each. The goal: a cached epoch at most 1.2x the plain
 FFmpeg's seconds are its own ``-benchmark`` figures (``rtime``, and ``utime + stime`` as CPU seconds: decoding,
 after the process has started and opened the file; ``process s`` and ``process cpu s`` are the whole process).
 FFmpeg comes from ``PATH``, else from the ``imageio-ffmpeg`` package (a static build); without either that part
-is skipped with a message. The sides alternate within each repeat, after each has decoded the first file once. The goal: ``read_all``
-within 1.5x of FFmpeg's time for the same work.
+is skipped with a message. The sides alternate within each repeat, after each has decoded the first file once.
+The goal: ``read_all`` within 1.5x of FFmpeg's time for the same work.
 
 Both parts print each run (wall and CPU seconds: this process's threads and its ended children, the loader
 workers and FFmpeg), a table of medians and ranges, and ratios as ``name=value``: wall seconds of one side over
