@@ -307,6 +307,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64, help="--video: crop size")
     parser.add_argument("--short-side", type=int, default=72, help="--video: frames resized to this short side")
     parser.add_argument("--model", default="cnn_gru", help="--video: the model config trained on the clips")
+    parser.add_argument("--decode-files", type=int, default=None, help="--video: decode this many files (all)")
     parser.add_argument("--skip-train", action="store_true", help="--video: only the decoding part")
     parser.add_argument("--skip-decode", action="store_true", help="--video: only the training part")
     parser.add_argument("overrides", nargs="*", help="--image-folder, --video: extra config overrides for our side")

@@ -2,11 +2,12 @@
 plain loop, and decode frames/s of our decoding against FFmpeg's own.
 
     python -m bench.loading --video DIR [--frames 8] [--crop 64] [--short-side 72] [--batch-size 8] [--epochs 2]
-        [--workers 0 2] [--repeats 3] [--model cnn_gru] [--skip-train] [--skip-decode] [data overrides ...]
+        [--workers 0 2] [--repeats 3] [--model cnn_gru] [--decode-files N] [--skip-train] [--skip-decode]
+        [--threads N] [data overrides ...]
 
 ``DIR`` holds ``<class>/<video>`` (the ``data.root`` of ``data=video_folder``); extra arguments are overrides of
 that config (``data.class_index=../classInd.txt data.train_list=../dev_train.txt ...``), which pick the
-training split that part 1 trains on. Part 2 decodes every video file under ``DIR``.
+training split that part 1 trains on (write them after a one-value option: ``--workers`` takes a list).
 
 **1. Training clips/s** on the training split: ``--epochs`` epochs of ``--batch-size`` clips (full batches) of
 ``--frames`` frames, one from each of ``--frames`` equal segments of the video (``data.clip_sampling=segments``,
@@ -27,7 +28,8 @@ Timed: the epochs only (building the loader, whose workers start and end once pe
 (``prep s``) is timed once and reported apart. The sides run in turn, A B C A B C ..., ``--repeats`` times,
 after one untimed epoch of each. The goal: a cached epoch at most 1.2x the plain loop's (its decoding excluded).
 
-**2. Decode frames/s** of every video under ``DIR``, one process, one decoder thread on every side:
+**2. Decode frames/s** of every video under ``DIR`` (or ``--decode-files`` of them, evenly spaced over the sorted
+paths), one process, one decoder thread on every side:
 
 - ``ours, every frame``: ``data.video.decode.read_all`` at ``--short-side`` (decode, swscale bilinear resize and
   RGB conversion of every frame into uint8 arrays, opening the file included): what the cache does;
@@ -297,6 +299,8 @@ def decode_main(args: argparse.Namespace, root: Path) -> None:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
         raise SystemExit(f"--video {root}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under it")
+    if args.decode_files:  # evenly spaced over the sorted paths: every class folder contributes
+        files = [files[i] for i in np.linspace(0, len(files) - 1, min(args.decode_files, len(files))).astype(int)]
     sizes = {}
     for p in files:  # header only: the size FFmpeg scales to
         with VideoReader(p) as video:

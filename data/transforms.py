@@ -66,12 +66,14 @@ class Pipeline:
         if self.alternate_flip:
             raise RuntimeError("augment: alternate_flip=true works on whole batches only: set data.in_memory=true")
         self._seed_once_per_process()
+        # Channels first by numpy's copy: a torch copy here would run torch's intra-op threads once per sample, which
+        # on busy cores costs more than the copy itself (bench.loading --video).
         if array.ndim == 3:  # (H, W, C)
             out = self.compose(image=array)["image"]
-            return torch.from_numpy(self._normalize(out)).permute(2, 0, 1).contiguous()  # (C, H, W)
+            return torch.from_numpy(np.ascontiguousarray(self._normalize(out).transpose(2, 0, 1)))  # (C, H, W)
         if array.ndim == 4:  # (T, H, W, C): one parameter draw for all frames
-            out = self.compose(images=array)["images"]
-            return torch.from_numpy(self._normalize(np.asarray(out))).permute(3, 0, 1, 2).contiguous()  # (C, T, H, W)
+            out = self._normalize(np.asarray(self.compose(images=array)["images"]))
+            return torch.from_numpy(np.ascontiguousarray(out.transpose(3, 0, 1, 2)))  # (C, T, H, W)
         raise ValueError(f"expected an image (H, W, C) or a clip (T, H, W, C); got shape {array.shape}")
 
     def _seed_once_per_process(self) -> None:
