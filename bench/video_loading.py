@@ -252,8 +252,9 @@ def train_main(args: argparse.Namespace, root: Path, tmp: Path) -> None:
         if name == "plain":
             continue
         key = name.replace(", ", "_w").replace(" workers", "").replace("-", "_")
-        paired = [a / b for a, b in zip(seconds[name], seconds["plain"], strict=True)]
-        print(f"{name} / plain per repeat {[round(p, 3) for p in paired]}")
+        for label, values in (("wall", seconds), ("cpu", cpu)):  # the sides of one repeat ran back to back
+            paired = [round(a / b, 3) for a, b in zip(values[name], values["plain"], strict=True)]
+            print(f"{name} / plain {label} per repeat {paired}, median {statistics.median(paired):.3f}")
         print(f"{key}_vs_plain={statistics.median(seconds[name]) / plain:.3f}")
         print(f"cpu_{key}_vs_plain={statistics.median(cpu[name]) / plain_cpu:.3f}")
     for label, values, base in (("wall", seconds, plain), ("cpu", cpu, plain_cpu)):
