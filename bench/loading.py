@@ -2,6 +2,7 @@
 
     python -m bench.loading [--device cpu|cuda] [--batch-size 128] [--batches 60] [--workers 0 2] [--repeats 3]
     python -m bench.loading --image-folder DIR [--images 10000] [--epochs 10] [--batch-size 64] [--repeats 3]
+    python -m bench.loading --video DIR [--frames 8] [--crop 64] [--short-side 72] [--epochs 2] [--repeats 3]
 
 What is timed: producing ``--batches`` training batches that are ready for the model, i.e. augmented,
 normalised float ``(B, 3, 32, 32)`` on ``--device``, with the CIFAR recipe (``augment=cifar``: pad 4
@@ -35,6 +36,10 @@ It prints each run (wall and CPU seconds: this process's threads and its ended c
 workers), the median and range of each side, the ratio of each A B pair, ``cpu_ratio=`` (of the median CPU
 seconds: the figure to trust when other processes share the cores) and last ``ratio=<median ours / median
 plain>`` (wall seconds).
+
+``--video DIR`` (class folders of videos, e.g. the real ARID clips of ``../shared/data``) times the video path
+instead: training clips/s of our loader (per-clip decoding and the decoded-clip cache) against a plain PyAV loop,
+and decode frames/s against FFmpeg's own; bench/video_loading.py says exactly what is timed.
 """
 
 from __future__ import annotations
@@ -295,14 +300,28 @@ def main() -> None:
     parser.add_argument("--image-folder", default=None, help="time training runs on this folder (see above)")
     parser.add_argument("--images", type=int, default=10000, help="--image-folder: training images")
     parser.add_argument("--val-images", type=int, default=1000, help="--image-folder: validation images")
-    parser.add_argument("--epochs", type=int, default=10, help="--image-folder: epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="--image-folder: epochs (10); --video: per run (2)")
     parser.add_argument("--image-size", type=int, default=32, help="--image-folder: data.image_size")
-    parser.add_argument("overrides", nargs="*", help="--image-folder: extra config overrides for our side")
+    parser.add_argument("--video", default=None, help="time the video path on this folder (bench/video_loading.py)")
+    parser.add_argument("--frames", type=int, default=8, help="--video: frames per clip (segments)")
+    parser.add_argument("--crop", type=int, default=64, help="--video: crop size")
+    parser.add_argument("--short-side", type=int, default=72, help="--video: frames resized to this short side")
+    parser.add_argument("--model", default="cnn_gru", help="--video: the model config trained on the clips")
+    parser.add_argument("--decode-files", type=int, default=None, help="--video: decode this many files (all)")
+    parser.add_argument("--skip-train", action="store_true", help="--video: only the decoding part")
+    parser.add_argument("--skip-decode", action="store_true", help="--video: only the training part")
+    parser.add_argument("overrides", nargs="*", help="--image-folder, --video: extra config overrides for our side")
     add_common_args(parser, repeats=3)
     args = parser.parse_args()
     device = setup_device(args)
+    if args.video:
+        from bench.video_loading import video_main
+
+        args.batch_size, args.epochs = args.batch_size or 8, args.epochs or 2
+        video_main(args)
+        return
     if args.image_folder:
-        args.batch_size = args.batch_size or 64  # data=image_folder's
+        args.batch_size, args.epochs = args.batch_size or 64, args.epochs or 10  # data=image_folder's
         image_folder_main(args, device)
         return
     args.batch_size = args.batch_size or 128

@@ -15,6 +15,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from tests.data_utils import write_cifar10
+from tests.video_utils import make_video_folder
 
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 
@@ -78,6 +79,38 @@ def test_augment_compares_the_pipelines_and_the_loader(monkeypatch, capsys):
 def test_video_decode_compares_seeking_with_decoding_everything(monkeypatch, capsys):
     out = run_bench("video_decode", ["--seconds", "1", "--clips", "2", "--gop", "30"], monkeypatch, capsys)
     assert re.search(rf"^\s+30\s+{NUMBER}/s\s+{NUMBER}/s\s+{NUMBER}/s\s+{NUMBER}x$", out, re.M)
+
+
+VIDEO_ARGS = ["--frames", "2", "--crop", "16", "--short-side", "16", "--batch-size", "2", "--epochs", "1"]
+
+
+def test_loading_video_compares_our_loader_and_decoding_with_plain_pyav_and_ffmpeg(monkeypatch, capsys, tmp_path):
+    root = make_video_folder(tmp_path / "videos", {"a": 3, "b": 3}, num_frames=12, audio=True)  # mp4: H.264 + AAC
+    args = ["--video", str(root), *VIDEO_ARGS, "--repeats", "1", "--workers", "0"]
+    out = run_bench("loading", args, monkeypatch, capsys)
+    for side in ("per-clip, 0 workers", "cached, 0 workers", "plain"):
+        assert re.search(rf"^\|\s+{side} \|( +{NUMBER} \|){{6}}$", out, re.M), side
+    for key in ("per_clip_w0_vs_plain", "cached_w0_vs_plain", "cpu_cached_w0_vs_plain"):
+        assert re.search(rf"^{key}={NUMBER}$", out, re.M), key
+    assert re.search(r"^goal \(wall\): a cached epoch <= 1.2x the plain loop's: cached, 0 workers [\d.]+x", out, re.M)
+    # 6 videos of 12 frames: every side decodes all 72, FFmpeg too (a differing count would print a note).
+    for side in ("ours, every frame", "ffmpeg, scale \\+ rgb24", "ffmpeg, decode only"):
+        assert re.search(rf"^\|\s+{side} \|\s+72 \|( +{NUMBER} \|){{7}}$", out, re.M), side
+    assert re.search(rf"^\|\s+ours, one clip \|\s+\d+ \|( +{NUMBER} \|){{7}}$", out, re.M)
+    assert "note: ours decoded" not in out
+    for key in ("read_all_vs_ffmpeg", "cpu_read_all_vs_ffmpeg", "read_all_vs_ffmpeg_decode_only"):
+        assert re.search(rf"^{key}={NUMBER}$", out, re.M), key
+
+
+def test_loading_video_skips_ffmpeg_with_a_message_when_there_is_none(monkeypatch, capsys, tmp_path):
+    root = make_video_folder(tmp_path / "videos", {"a": 1, "b": 1}, num_frames=6)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails as when not installed
+    args = ["--video", str(root), *VIDEO_ARGS, "--repeats", "1", "--skip-train"]
+    out = run_bench("loading", args, monkeypatch, capsys)
+    assert "2. ffmpeg: skipped: no ffmpeg on PATH and no imageio-ffmpeg package (pip install imageio-ffmpeg)" in out
+    assert re.search(rf"^\|\s+ours, every frame \|\s+12 \|", out, re.M)
+    assert "ffmpeg, decode only" not in out and "read_all_vs_ffmpeg" not in out
 
 
 @pytest.mark.slow

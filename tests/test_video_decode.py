@@ -1,5 +1,6 @@
 """Decoding: right frames in the right order from every container, with and without audio, seeking or not."""
 
+import av
 import numpy as np
 import pytest
 
@@ -49,6 +50,21 @@ def test_resize_on_decode_keeps_aspect_and_order(tmp_path):
         frames = video.read([9, 3])
     assert frames.shape == (2, 16, 24, 3) and frames.dtype == np.uint8
     assert frame_ids(frames).tolist() == [9, 3]
+
+
+def test_one_scaler_per_file_gives_pyavs_per_frame_conversion_exactly(tmp_path):
+    # The reader keeps one swscale context for a file (data/video/decode.py): each frame must still come out
+    # as its own array, equal to what frame.to_ndarray makes with a fresh context.
+    path = make_video(tmp_path / "v.mp4", 12, height=32, width=48, audio=True)
+    with av.open(str(path)) as container:
+        expected = np.stack(
+            [f.to_ndarray(format="rgb24", width=36, height=24) for f in container.decode(container.streams.video[0])]
+        )
+    frames = read_all(path, short_side=24)
+    assert frames.shape == (12, 24, 36, 3)
+    np.testing.assert_array_equal(frames, expected)
+    with VideoReader(path, short_side=24) as video:
+        np.testing.assert_array_equal(video.read([7, 2, 11]), expected[[7, 2, 11]])
 
 
 def test_indices_past_the_end_repeat_the_last_frame(tmp_path):

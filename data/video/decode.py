@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 
 class VideoReadError(RuntimeError):
@@ -61,6 +62,9 @@ class VideoReader:
         if self.meta.num_frames == 0:
             self.close()
             raise VideoReadError(f"{self.path} has no video frames")
+        # One swscale context for the whole file: frame.to_ndarray(width=..., format=...) builds a new one for every
+        # frame, which costs about as much as the conversion itself at small sizes (bench.loading --video).
+        self._reformatter = VideoReformatter()
         self._at_start = True  # nothing decoded yet: reading from the first frame needs no seek
         self.decoded = 0  # frames decoded so far (what seeking saves; read by tests and the benchmark)
 
@@ -84,6 +88,11 @@ class VideoReader:
         w, h = self.meta.width, self.meta.height
         scale = self.short_side / min(w, h)
         return max(1, round(w * scale)), max(1, round(h * scale))
+
+    def rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        """``frame`` as ``(H, W, 3)`` uint8 RGB, resized to ``short_side``."""
+        width, height = self._size()
+        return self._reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
 
     def read(self, indices: Sequence[int], *, seek: bool = True) -> np.ndarray:
         """Frames at ``indices`` (any order, repeats allowed) as ``(T, H, W, 3)`` uint8 RGB.
@@ -116,7 +125,6 @@ class VideoReader:
         elif not self._at_start:
             self.container.seek(self.start_pts, stream=self.stream, backward=True, any_frame=False)
         self._at_start = False
-        width, height = self._size()
         out: dict[int, np.ndarray] = {}
         counted = -1
         for n, frame in enumerate(self.container.decode(self.stream)):
@@ -133,7 +141,7 @@ class VideoReader:
             if index > last:
                 break
             if index in wanted_set and index not in out:
-                out[index] = frame.to_ndarray(format="rgb24", width=width, height=height)
+                out[index] = self.rgb(frame)
         return out
 
     def close(self) -> None:
@@ -149,11 +157,8 @@ class VideoReader:
 def read_all(path: str | Path, *, short_side: int | None = None) -> np.ndarray:
     """Every frame of ``path`` as ``(N, H, W, 3)`` uint8: the decode-everything baseline and a test oracle."""
     with VideoReader(path, short_side=short_side) as video:
-        width, height = video._size()
         try:
-            frames = [
-                f.to_ndarray(format="rgb24", width=width, height=height) for f in video.container.decode(video.stream)
-            ]
+            frames = [video.rgb(f) for f in video.container.decode(video.stream)]
         except av.error.FFmpegError as err:
             raise VideoReadError(f"cannot decode video {path}: {err}") from err
     if not frames:
