@@ -20,7 +20,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from features.embed import Embedder, embed_numpy
-from features.plans import Guarded, Plan, Reading, collate_items
+from features.plans import (
+    Guarded,
+    Plan,
+    Preprocessing,
+    Reading,
+    box_plan,
+    collate_items,
+    image_plan,
+    video_box_plan,
+    video_plan,
+)
 from features.shards import batch_items, shard_desc, shard_dir
 from features.store import FeatureStore, write_atomic, write_video_means
 
@@ -40,7 +50,8 @@ def extract_rows(
 ) -> dict[str, dict[str, Any]]:
     """One row per image, clip or box of ``reading.plan``: one FeatureStore per layer; per-video means of its
     ``reading.clips`` rows per video."""
-    kind, plan = reading.kind, reading.plan
+    kind = reading.kind
+    plan = reading.plan or make_plan(cfg, kind, reading.sources, reading.prep)
     shapes = embedder.probe(plan.sample_shape, boxes=cfg.boxes is not None)
     items = batch_items(plan.num_items, cfg.batch_size, shard)
     stores = {
@@ -196,3 +207,14 @@ def read_rows(folder: Path, index: list[dict[str, str]]) -> np.ndarray:
     if not (folder / "features.npy").is_file():
         raise FileNotFoundError(f"{folder / 'features.npy'} not found; features= must be an extract.py output folder")
     return np.load(folder / "features.npy", mmap_mode="r")
+
+
+def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) -> Plan:
+    """The rows of raw files: one per image, per box (``boxes=``) or per clip of each video."""
+    if kind == "videos":
+        if cfg.boxes is not None:
+            return video_box_plan(sources, prep, cfg.boxes, num_workers=cfg.num_workers)
+        return video_plan(sources, prep, num_workers=cfg.num_workers)
+    if cfg.boxes is not None:
+        return box_plan(sources, prep, cfg.boxes)
+    return image_plan(sources, prep)

@@ -433,6 +433,10 @@ def extract_dense(
 ) -> dict[str, dict[str, Any]]:
     """Windows covering each video, ``<store>/<video>.npy`` per video and layer."""
     kind, sources, prep = reading.kind, reading.sources, reading.prep
+    if sources is None:
+        raise ValueError(
+            f"mode=dense covers video files with windows; {reading.name} is no input=<folder or file list>"
+        )
     if kind != "videos":
         raise ValueError(f"mode=dense covers videos with windows; {cfg.input} holds {kind} (use mode=clips)")
     if cfg.boxes is not None:

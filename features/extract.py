@@ -28,13 +28,8 @@ from features.embed import POOLED, POOLS, Embedder
 from features.inputs import list_sources
 from features.modes import MODES
 from features.plans import (
-    Plan,
     Preprocessing,
     Reading,
-    box_plan,
-    image_plan,
-    video_box_plan,
-    video_plan,
 )
 from features.shards import parse_shard, shard_dir
 from features.splits import is_dataset, split_plan
@@ -57,11 +52,8 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {tuple(MODES)}")
     net, stored = load_net(cfg)
     if is_dataset(cfg.data):  # data=<group> split=<split>: the DataModule lists, decodes and transforms
-        if cfg.mode != "clips" or cfg.boxes is not None:
-            raise ValueError(
-                f"data=<group> extracts one row per sample (mode=clips, no boxes=); mode={cfg.mode} and boxes= "
-                "read raw files: give input=<folder or file list> instead"
-            )
+        if cfg.boxes is not None:
+            raise ValueError("boxes= names boxes of raw files: give input=<folder or file list> with it, not data=")
         kind, plan, clips, common = split_plan(cfg.data, cfg.split, stored)
         common = {**common, **net_settings(cfg, stored)}
         reading = Reading(kind, f"{cfg.data._target_} split={cfg.split}", plan=plan, clips=clips)
@@ -71,8 +63,7 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
         prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
         kind, sources = list_sources(cfg.input, kind=cfg.kind)
         common = run_settings(cfg, kind, prep, stored)
-        plan = make_plan(cfg, kind, sources, prep) if cfg.mode == "clips" else None
-        reading = Reading(kind, str(cfg.input), sources=sources, prep=prep, plan=plan, clips=prep.test_clips)
+        reading = Reading(kind, str(cfg.input), sources=sources, prep=prep, clips=prep.test_clips)
     layers, pools = resolve_layers(cfg, net)
     shard = parse_shard(cfg.shard)
     device = resolve_device(cfg.device)
@@ -195,16 +186,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) -> Plan:
-    if kind == "videos":
-        if cfg.boxes is not None:
-            return video_box_plan(sources, prep, cfg.boxes, num_workers=cfg.num_workers)
-        return video_plan(sources, prep, num_workers=cfg.num_workers)
-    if cfg.boxes is not None:
-        return box_plan(sources, prep, cfg.boxes)
-    return image_plan(sources, prep)
 
 
 def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[str, Any]) -> dict[str, Any]:
