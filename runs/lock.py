@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -27,7 +28,7 @@ try:
 except ImportError:  # Windows: the pid/host fallback below
     fcntl = None
 
-from runs.resolvers import is_rank_zero
+from runs.resolvers import is_rank_zero, written_config_subdir
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -38,19 +39,49 @@ class RunDirInUse(RuntimeError):
     pass
 
 
+class RunDirHoldsARun(RuntimeError):
+    pass
+
+
+# What a finished or running training run (or another evaluation) leaves in its dir.
+RUN_FILES = ("results.json", "checkpoints")
+
+
 @contextmanager
-def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
+def lock_run_dir(run_dir: str | Path, *, fresh: bool = False) -> Iterator[None]:
     """Holds ``<run dir>/.lock`` for the block (in the rank-0 process only; the other processes of a
-    distributed run share rank 0's dir)."""
+    distributed run share rank 0's dir). ``fresh``: the dir must hold no run's files either (``RUN_FILES``):
+    an evaluation writes its own results and plots, never over a run's. A refused process leaves nothing in
+    the dir: the copy of its config Hydra wrote there (``.hydra-resume-<n>/``) is removed."""
     if not is_rank_zero():
         yield
         return
     lock = RunDirLock(run_dir)
-    lock.acquire()
+    try:
+        lock.acquire()
+        found = [name for name in RUN_FILES if fresh and (Path(run_dir) / name).exists()]
+        if found:
+            lock.release()
+            raise RunDirHoldsARun(
+                f"run dir {run_dir} holds another run ({', '.join(found)}); an evaluation never writes over a run's "
+                f"results, checkpoints or plots. Leave hydra.run.dir out (each evaluation gets a new dir of its "
+                f"own) or give a new one: hydra.run.dir=<new dir>."
+            )
+    except (RunDirInUse, RunDirHoldsARun):
+        remove_own_config_copy(run_dir)
+        raise
     try:
         yield
     finally:
         lock.release()
+
+
+def remove_own_config_copy(run_dir: str | Path) -> None:
+    """Removes the ``.hydra-resume-<n>/`` this process's Hydra wrote into ``run_dir`` (a ``.hydra/`` may be the
+    other process's own, written at the same moment: it stays)."""
+    name = written_config_subdir(str(run_dir))
+    if name and name != ".hydra":
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
 
 
 def owner_record() -> dict[str, Any]:

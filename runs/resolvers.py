@@ -98,6 +98,11 @@ def config_subdir(output_dir: str) -> str:
     return _shared[memo]
 
 
+def written_config_subdir(output_dir: str) -> str | None:
+    """The ``config_subdir`` this process gave Hydra for ``output_dir``, if it asked for one."""
+    return _shared.get(("config_subdir", str(Path(output_dir).resolve())))
+
+
 def shared_with_rank_zero(key: str, value: str | Callable[[], str]) -> str:
     """Rank 0's ``value`` in every process started by torchrun, exchanged through the store at
     MASTER_ADDR:MASTER_PORT before the process group exists.
