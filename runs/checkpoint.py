@@ -187,6 +187,17 @@ def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
 # --- reading ----------------------------------------------------------------------------------------------
 
 
+def is_checkpoint_file(path: str | Path) -> bool:
+    """Whether ``torch.load`` would read ``path`` as saved data (a ``torch.save`` archive: ``<name>/data.pkl``),
+    not as a TorchScript module (whose archive also holds ``code/``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names) and not any("/code/" in n for n in names)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's plain data (tensors and containers; ``weights_only=True``). A file that is not one, or
     one holding other pickled objects, raises ``NotACheckpointError`` naming it: never a hint to load it

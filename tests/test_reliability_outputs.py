@@ -12,6 +12,7 @@ from runs.compose import compose_config
 from runs.lock import RunDirHoldsARun, RunDirInUse
 from tests.conftest import SMALL
 from tests.test_reliability_runs import hold_lock
+from trainer.export import export
 from trainer.run import evaluate, train
 
 
@@ -53,3 +54,35 @@ def test_eval_in_a_dir_of_its_own_still_writes_its_results(make_cfg, trained, tm
     cfg = make_cfg(f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}", config_name="eval")
     results = evaluate(cfg)
     assert "test/acc" in results and (tmp_path / "run" / "results.json").is_file()
+
+
+def export_cfg(tmp_path: Path, ckpt: Path, *overrides: str):
+    return compose_config(f"ckpt_path={ckpt}", *overrides, output_dir=tmp_path / "export", config_name="export")
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_export_over_the_checkpoint_itself_is_refused(trained, tmp_path, how):
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    before = ckpt.read_bytes()
+    output = {"same": ckpt, "symlink": tmp_path / "net.onnx", "hardlink": tmp_path / "net.onnx"}[how]
+    if how == "symlink":
+        output.symlink_to(ckpt)
+    elif how == "hardlink":
+        output.hardlink_to(ckpt)
+    for overwrite in ("false", "true"):
+        with pytest.raises(FileExistsError, match=rf"output={output} is the checkpoint being exported"):
+            export(export_cfg(tmp_path, ckpt, f"output={output}", f"overwrite={overwrite}"))
+    assert ckpt.read_bytes() == before
+
+
+def test_export_over_another_checkpoint_needs_overwrite(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(ckpt.read_bytes())
+    with pytest.raises(FileExistsError, match=rf"output={other} is a checkpoint; .* or overwrite=true"):
+        export(export_cfg(tmp_path, ckpt, f"output={other}", "format=torchscript"))
+    assert other.read_bytes() == ckpt.read_bytes()
+    export(export_cfg(tmp_path, ckpt, f"output={other}", "format=torchscript", "overwrite=true"))
+    assert other.read_bytes() != ckpt.read_bytes()
+    # A TorchScript file is no checkpoint: exporting again replaces it as before.
+    export(export_cfg(tmp_path, ckpt, f"output={other}", "format=torchscript"))
