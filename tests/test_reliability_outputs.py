@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+from features.extract import extract
 from runs.compose import compose_config
+from runs.faults import NonFiniteError
 from runs.lock import RunDirHoldsARun, RunDirInUse
 from tests.conftest import SMALL
 from tests.test_reliability_runs import hold_lock
@@ -86,3 +90,46 @@ def test_export_over_another_checkpoint_needs_overwrite(trained, tmp_path):
     assert other.read_bytes() != ckpt.read_bytes()
     # A TorchScript file is no checkpoint: exporting again replaces it as before.
     export(export_cfg(tmp_path, ckpt, f"output={other}", "format=torchscript"))
+
+
+# --- non-finite weights ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nan_checkpoint(trained, tmp_path) -> Path:
+    """The trained run's checkpoint with one weight tensor turned NaN (as a diverged run elsewhere leaves it)."""
+    ckpt = torch.load(trained / "checkpoints" / "best.ckpt", weights_only=True)
+    ckpt["state_dict"]["net.head.weight"][0, 0] = float("nan")
+    path = tmp_path / "nan.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+NAN_MESSAGE = r"nan\.ckpt holds non-finite weights \(NaN or inf\) in head\.weight"
+
+
+def test_eval_refuses_nonfinite_weights(make_cfg, nan_checkpoint):
+    with pytest.raises(NonFiniteError, match=NAN_MESSAGE):
+        evaluate(make_cfg(f"ckpt_path={nan_checkpoint}", config_name="eval"))
+
+
+def test_export_refuses_nonfinite_weights(nan_checkpoint, tmp_path):
+    with pytest.raises(NonFiniteError, match=NAN_MESSAGE):
+        export(export_cfg(tmp_path, nan_checkpoint))
+    assert not nan_checkpoint.with_suffix(".onnx").exists()
+
+
+def test_extract_refuses_nonfinite_weights(make_cfg, nan_checkpoint, tmp_path):
+    Image.new("RGB", (32, 32), (120, 30, 200)).save(tmp_path / "a.png")
+    cfg = make_cfg(
+        f"ckpt_path={nan_checkpoint}",
+        f"input={tmp_path / 'a.png'}",
+        f"output={tmp_path / 'features'}",
+        "num_workers=0",
+        "progress=false",
+        config_name="extract",
+        output_dir=tmp_path / "hydra",
+    )
+    with pytest.raises(NonFiniteError, match=NAN_MESSAGE):
+        extract(cfg)
+    assert not (tmp_path / "features" / "features.npy").exists()
