@@ -42,6 +42,7 @@ from features.plans import (
 from features.shards import batch_items, even_items, parse_shard, shard_dir
 from features.store import FeatureStore, write_atomic, write_video_means
 from runs.checkpoint import load_checkpoint, stored_config
+from runs.lock import lock_dir
 from trainer.build import build_net, net_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,14 @@ PRECISIONS = ("auto", "32", "16")
 
 
 def extract(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) an extraction; returns what meta.json records (of the first layer's store)."""
+    """Run (or resume) an extraction; returns what meta.json records (of the first layer's store). The output
+    (a shard's own dir, under ``shard``) is locked while this process writes it: a second extraction into it
+    fails at once, naming this one (runs/lock.py)."""
+    with lock_dir(shard_dir(Path(cfg.output), None if cfg.merge else parse_shard(cfg.shard)), key="output"):
+        return extract_locked(cfg)
+
+
+def extract_locked(cfg: DictConfig) -> dict[str, Any]:
     if cfg.merge:
         from features.merge import merge_output
 

@@ -103,8 +103,21 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def lock_dir(folder: str | Path, *, key: str) -> Iterator[None]:
+    """Holds ``<folder>/.lock`` for the block, in this process whatever its rank: an output that one process
+    writes (an extraction's store; ``key`` is the setting that chooses another)."""
+    lock = RunDirLock(folder, key=key, what="output")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class RunDirLock:
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, key: str = "hydra.run.dir", what: str = "run dir") -> None:
+        self.key, self.what = key, what
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
@@ -171,10 +184,13 @@ class RunDirLock:
     def _in_use(self, owner: dict[str, Any]) -> RunDirInUse:
         who = f"process {owner.get('pid', '?')} on host {owner.get('host', '?')}"
         since = f" since {owner['since']}" if owner.get("since") else ""
+        if self.key == "hydra.run.dir":
+            fix = "hydra.run.dir=<new dir> (or leave hydra.run.dir out: each run then gets a new dir of its own)"
+        else:
+            fix = f"{self.key}=<new dir>"
         return RunDirInUse(
-            f"run dir {self.run_dir} is in use by {who}{since} ({owner.get('command', 'another run')}). Two runs in "
-            f"one dir overwrite each other's checkpoints and results: wait for that run to end, or choose another "
-            f"dir with hydra.run.dir=<new dir> (or leave hydra.run.dir out: each run then gets a new dir of its own)."
+            f"{self.what} {self.run_dir} is in use by {who}{since} ({owner.get('command', 'another run')}). Two runs "
+            f"in one dir overwrite each other's files: wait for that run to end, or choose another dir with {fix}."
         )
 
     def release(self) -> None:

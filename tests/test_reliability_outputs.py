@@ -133,3 +133,44 @@ def test_extract_refuses_nonfinite_weights(make_cfg, nan_checkpoint, tmp_path):
     with pytest.raises(NonFiniteError, match=NAN_MESSAGE):
         extract(cfg)
     assert not (tmp_path / "features" / "features.npy").exists()
+
+
+# --- two extractions into one output ----------------------------------------------------------------------
+
+
+def extract_cfg(make_cfg, tmp_path: Path, ckpt: Path, *overrides: str):
+    return make_cfg(
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'images'}",
+        f"output={tmp_path / 'features'}",
+        "num_workers=0",
+        "progress=false",
+        *overrides,
+        config_name="extract",
+        output_dir=tmp_path / "hydra",
+    )
+
+
+def write_images(folder: Path, n: int = 3) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (32, 32), (40 * i, 30, 200)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("shard", [None, "1/2"])
+def test_a_second_extraction_into_an_output_in_use_fails_at_once_naming_the_first(make_cfg, trained, tmp_path, shard):
+    write_images(tmp_path / "images")
+    out = tmp_path / "features"
+    holder = hold_lock(out if shard is None else out / "shard-1-of-2")  # a real process writing that store
+    try:
+        overrides = [f"shard={shard}"] if shard else []
+        cfg = extract_cfg(make_cfg, tmp_path, trained / "checkpoints" / "best.ckpt", *overrides)
+        with pytest.raises(RunDirInUse, match=rf"output {out}\S* is in use by process {holder.pid} .*output=<new dir>"):
+            extract(cfg)
+        if shard:  # another shard of the same output is not in the way
+            extract(extract_cfg(make_cfg, tmp_path, trained / "checkpoints" / "best.ckpt", "shard=0/2"))
+    finally:
+        holder.kill()
+        holder.wait()
+    meta = extract(extract_cfg(make_cfg, tmp_path, trained / "checkpoints" / "best.ckpt", *overrides))
+    assert meta["rows"] == (3 if shard is None else meta["rows"]) and not (out / ".lock").exists()
