@@ -111,7 +111,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         check_finite_weights(checkpoint, path)
-        with atomic_open(path, "wb") as f:
+        with atomic_open(path, "wb", keep=previous_of(path)) as f:
             torch.save(checkpoint, f)
 
 
@@ -154,7 +154,7 @@ class ModelCheckpoint(CheckpointHooks):
         if source and self.save_last is True and "://" not in path and not self.version_counter:
             self.last_model_path = path
             if trainer.is_global_zero:
-                atomic_link(source, path)
+                atomic_link(source, path, keep=previous_of(path))
             trainer.strategy.barrier()
         else:
             # Rank 0's clock decides, so that every process takes part in the same saves.
@@ -168,6 +168,16 @@ class ModelCheckpoint(CheckpointHooks):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.save_last and not trainer.fast_dev_run:
             self.last_hook(trainer, self.monitor_candidates(trainer))
+
+
+LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
+
+
+def previous_of(path: str | Path) -> Path | None:
+    """Where a replaced ``last.ckpt`` is kept (``previous.ckpt`` beside it): the state one save earlier, for a
+    resume when ``last.ckpt`` is damaged. Other checkpoints keep nothing."""
+    path = Path(path)
+    return path.with_name(PREVIOUS) if path.name == LAST else None
 
 
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -203,9 +213,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     one holding other pickled objects, raises ``NotACheckpointError`` naming it: never a hint to load it
     unsafely (torch's own message suggests ``weights_only=False``, so it is not passed on)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("*.ckpt"))
+        inside = ", ".join(str(p) for p in found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+        raise IsADirectoryError(
+            f"checkpoint {path} is a directory; give one checkpoint file: "
+            + (f"it holds {inside}" if found else "it holds no .ckpt file (a run's are in <run dir>/checkpoints/)")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save's format since 1.6; Lightning writes nothing else
+        with open(path, "rb") as f:
+            begins_as_zip = f.read(4) == b"PK\x03\x04"
+        if begins_as_zip:  # the zip's directory, at its end, is missing
+            raise NotACheckpointError(
+                f"{path} is not a readable checkpoint: truncated or corrupt (it begins as a file written by "
+                f"torch.save but its end is missing, {path.stat().st_size} bytes). Use another checkpoint of the run "
+                f"(checkpoints/best.ckpt, last.ckpt)."
+            )
         raise NotACheckpointError(
             f"{path} is not a checkpoint ({path.stat().st_size} bytes, not a file written by torch.save); "
             f"give the .ckpt file of a run (<run dir>/checkpoints/last.ckpt or best.ckpt)"

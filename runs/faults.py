@@ -1,8 +1,8 @@
 """Surviving faults: interruption by a signal, non-finite numbers, and the random state a resume needs.
 
 - ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send), SIGUSR1 (SLURM's
-  warning before a time limit, ``#SBATCH --signal=USR1@90``) and SIGINT (Ctrl-C) are turned into "finish this batch, write
-  ``checkpoints/last.ckpt``, exit with status 128 + signal"; under SLURM, SIGUSR1 also requeues the job
+  warning before a time limit, ``#SBATCH --signal=USR1@90``) and SIGINT (Ctrl-C) are turned into "finish this
+  batch, write ``checkpoints/last.ckpt``, exit with status 128 + signal"; under SLURM, SIGUSR1 also requeues the job
   (``scontrol requeue``). Resuming (``resume=auto``) continues with the next batch of the same epoch
   (see docs/reliability.md).
 - ``ResumeState``: the torch, numpy and Python generators are part of every checkpoint, so a resumed run draws
@@ -71,9 +71,7 @@ class SaveOnSignal(pl.Callback):
             self._restore()
             raise KeyboardInterrupt
         hint = "; Ctrl-C again aborts at once without saving" if signum == signal.SIGINT else ""
-        log.warning(
-            "received %s: stopping after this batch and saving last.ckpt%s", signal.Signals(signum).name, hint
-        )
+        log.warning("received %s: stopping after this batch and saving last.ckpt%s", signal.Signals(signum).name, hint)
         self.received = signum
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
