@@ -251,6 +251,12 @@ class ImageFolderDataModule(ClassificationDataModule):
         names = class_folders(train)
         if not names:
             raise FileNotFoundError(f"{train} has no class folders; expected {train}/<class>/<image>")
+        if len(names) == 1:
+            raise ValueError(
+                f"{train} holds one class folder ({names[0]}): a classifier needs two or more, one folder per class "
+                f"({train}/<class>/<image>). Add the other classes' folders, or point data.root at the folder "
+                f"whose train/ holds them."
+            )
         empty = [name for name in names if not has_images(train / name)]
         if empty:
             raise FileNotFoundError(

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.transforms import Pipeline
+from data.video.lists import VIDEO_EXTENSIONS
 from features.dense import DenseStore, WindowSpec, dense_index, fill_dense, npy_path, plan_videos
 from features.embed import POOLED, POOLS, Embedder, embed_numpy
 from features.inputs import Source, list_sources
@@ -69,6 +70,7 @@ def extract_locked(cfg: DictConfig) -> dict[str, Any]:
     net, stored = load_net(cfg)
     prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
     kind, sources = list_sources(cfg.input, kind=cfg.kind)
+    check_inputs_fit(kind, stored.get("data") or {}, cfg)
     layers, pools = resolve_layers(cfg, net)
     shard = parse_shard(cfg.shard)
     device = resolve_device(cfg.device)
@@ -237,6 +239,16 @@ def extract_dense(
         }
         for layer, store in stores.items()
     }
+
+
+def check_inputs_fit(kind: str, data: dict[str, Any], cfg: DictConfig) -> None:
+    """A checkpoint trained on clips (its data config has ``num_frames``) cannot embed single images."""
+    if kind == "images" and data.get("num_frames"):
+        raise ValueError(
+            f"{cfg.ckpt_path} holds a video model: it takes clips of {data['num_frames']} frames (trained on "
+            f"{data.get('_target_')}), and input={cfg.input} holds images. Give it videos: a folder of videos or a "
+            f"file list of them ({', '.join(sorted(VIDEO_EXTENSIONS))})."
+        )
 
 
 def window_spec(cfg: DictConfig, prep: Preprocessing) -> WindowSpec:

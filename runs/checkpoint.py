@@ -208,18 +208,22 @@ def is_checkpoint_file(path: str | Path) -> bool:
     return any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names) and not any("/code/" in n for n in names)
 
 
+def directory_message(path: str | Path) -> str:
+    """What to say when a checkpoint path is a directory: the checkpoints inside it."""
+    found = sorted(Path(path).rglob("*.ckpt"))
+    inside = ", ".join(str(p) for p in found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+    return f"checkpoint {path} is a directory; give one checkpoint file: " + (
+        f"it holds {inside}" if found else "it holds no .ckpt file (a run's are in <run dir>/checkpoints/)"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint's plain data (tensors and containers; ``weights_only=True``). A file that is not one, or
     one holding other pickled objects, raises ``NotACheckpointError`` naming it: never a hint to load it
     unsafely (torch's own message suggests ``weights_only=False``, so it is not passed on)."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.rglob("*.ckpt"))
-        inside = ", ".join(str(p) for p in found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-        raise IsADirectoryError(
-            f"checkpoint {path} is a directory; give one checkpoint file: "
-            + (f"it holds {inside}" if found else "it holds no .ckpt file (a run's are in <run dir>/checkpoints/)")
-        )
+        raise IsADirectoryError(directory_message(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save's format since 1.6; Lightning writes nothing else
