@@ -14,7 +14,7 @@ from features.extract import extract
 from runs.compose import compose_config
 from runs.faults import NonFiniteError
 from runs.lock import RunDirHoldsARun, RunDirInUse
-from tests.conftest import SMALL
+from tests.conftest import SMALL, run_script
 from tests.test_reliability_runs import hold_lock
 from trainer.export import export
 from trainer.run import evaluate, train
@@ -174,3 +174,27 @@ def test_a_second_extraction_into_an_output_in_use_fails_at_once_naming_the_firs
         holder.wait()
     meta = extract(extract_cfg(make_cfg, tmp_path, trained / "checkpoints" / "best.ckpt", *overrides))
     assert meta["rows"] == (3 if shard is None else meta["rows"]) and not (out / ".lock").exists()
+
+
+# --- a refused run leaves nothing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_run_refused_in_a_busy_dir_leaves_nothing_there(trained, tmp_path, script):
+    """A real second process given a dir a run is using (which has its .hydra/ and train.log): it fails naming
+    the first, and the Hydra config copy it wrote there (.hydra-resume-1/) is gone."""
+    run_dir = tmp_path / "busy"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("the running run's config\n")
+    (run_dir / "train.log").write_text("")
+    holder = hold_lock(run_dir)
+    try:
+        before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != ".lock")
+        extra = [f"ckpt_path={trained / 'checkpoints' / 'best.ckpt'}"] if script == "eval.py" else []
+        proc = run_script(script, *extra, f"hydra.run.dir={run_dir}", check=False)
+        assert proc.returncode != 0 and f"is in use by process {holder.pid}" in proc.stdout + proc.stderr
+        after = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if p.name != ".lock")
+        assert after == before and not (run_dir / ".hydra-resume-1").exists()
+    finally:
+        holder.kill()
+        holder.wait()
