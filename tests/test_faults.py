@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from runs.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
-from runs.faults import NonFiniteError, all_finite, check_update
+from nets.stored import UnsafeConfigError, load_checkpoint, stored_config
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.nonfinite import NonFiniteError, all_finite, check_update
 from tests.conftest import ROOT, SMALL
 from trainer.run import train
 

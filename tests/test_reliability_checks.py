@@ -19,8 +19,8 @@ from PIL import Image
 
 from data.image_folder import ImageFolderDataModule
 from data.video.datamodule import VideoDataModule
-from runs.checkpoint import AtomicCheckpointIO
-from runs.faults import NonFiniteError
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.nonfinite import NonFiniteError
 from tests.conftest import run_script
 from tests.data_utils import write_image_folder
 from tests.video_utils import make_video_folder
@@ -225,7 +225,7 @@ def test_a_one_class_image_folder_is_named(make_cfg, tmp_path):
 
 
 def test_a_damaged_optuna_db_is_named_with_how_to_start_a_new_study(tmp_path):
-    from runs.trial import load_study
+    from sweeps.trial import load_study
 
     db = tmp_path / "optuna.db"
     db.write_bytes(os.urandom(4096))  # a file cut or overwritten: no SQLite database

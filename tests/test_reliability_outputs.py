@@ -12,8 +12,8 @@ from PIL import Image
 
 from features.extract import extract
 from runs.compose import compose_config
-from runs.faults import NonFiniteError
 from runs.lock import RunDirHoldsARun, RunDirInUse
+from runs.nonfinite import NonFiniteError
 from tests.conftest import SMALL, run_script
 from tests.test_reliability_runs import hold_lock
 from trainer.export import export
