@@ -27,7 +27,7 @@ from trainer.run import evaluate, train
 
 HOLD_LOCK = (
     "import sys, time; sys.path.insert(0, {root!r}); from runs.lock import RunDirLock; "
-    "RunDirLock({dir!r}).acquire(); print('locked', flush=True); time.sleep(120)"
+    "RunDirLock({dir!r}).acquire(); print('locked', flush=True); time.sleep(3600)"  # killed by each test
 )
 
 
