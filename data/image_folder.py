@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -29,6 +29,8 @@ from data.boxes import BoxAnnotations, resize_crop_boxes
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DECODE_CHUNK = 256  # images a decoding worker returns at a time
+ORIENTATION = 0x0112  # the EXIF tag
+TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -56,14 +58,46 @@ def resize_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, 
 
 
 def load_image(path: Path, size: int | None) -> np.ndarray:
-    """RGB uint8 (H, W, 3); shorter side resized to ``size`` and centre-cropped to a square when given."""
+    """RGB uint8 (H, W, 3), upright (EXIF orientation applied, as torchvision's and timm's loaders do);
+    shorter side resized to ``size`` and centre-cropped to a square when given."""
     with Image.open(path) as im:
-        im = im.convert("RGB")
+        im = rgb(ImageOps.exif_transpose(im), path)
         if size is not None:
             w, h, left, top = resize_crop_geometry(im.width, im.height, size)
             im = im.resize((w, h), Image.BILINEAR)
             im = im.crop((left, top, left + size, top + size))
         return np.array(im, dtype=np.uint8)  # a writable copy; torch warns on read-only arrays
+
+
+# PIL modes of 16-bit grey images (PNG, TIFF): PIL's own convert("RGB") clips them at 255, all white.
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def rgb(im: Image.Image, path: Path) -> Image.Image:
+    """``im`` as 8-bit RGB. High-bit-depth grey images are scaled to 8 bits: 16-bit by their top 8 bits (as
+    torchvision's ``to_dtype(uint8, scale=True)``), 32-bit integers when within 16 bits; float images (``F``,
+    float TIFFs) when their values lie in [0, 1], torchvision's float range. Others are refused naming the file
+    and the range found: no silent all-white or all-black image."""
+    if im.mode in SIXTEEN_BIT or im.mode in ("I", "F"):
+        values = np.asarray(im)
+        if im.mode == "F":
+            low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+            if not (np.isfinite(values).all() and low >= 0.0 and high <= 1.0):
+                raise ValueError(
+                    f"{path} is a float image (PIL mode F) with values in [{low:g}, {high:g}]; only [0, 1] is read "
+                    f"as intensities. Convert it to an 8-bit image (or scale it to [0, 1])."
+                )
+            grey = np.round(values * 255.0).astype(np.uint8)
+        else:
+            values = values.astype(np.int64)
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise ValueError(
+                    f"{path} is a 32-bit integer image (PIL mode {im.mode}) with values in [{values.min()}, "
+                    f"{values.max()}], beyond 16 bits. Convert it to an 8- or 16-bit image."
+                )
+            grey = (values >> 8).astype(np.uint8)
+        im = Image.fromarray(grey)  # (H, W) uint8: mode L
+    return im.convert("RGB")
 
 
 class ImageFileDataset(Dataset):
@@ -156,6 +190,8 @@ class ImageFileDataset(Dataset):
         """The file's boxes (checked against its size) moved through the resize and crop of ``load_image``."""
         with Image.open(path) as im:  # reads the header only
             width, height = im.size
+            if im.getexif().get(ORIENTATION, 1) in TRANSPOSED:  # load_image turns it upright
+                width, height = height, width
         boxes = self.boxes.get(key, width=width, height=height)  # (K, 4) in original pixels
         if self.image_size is None:
             return boxes
@@ -215,6 +251,12 @@ class ImageFolderDataModule(ClassificationDataModule):
         names = class_folders(train)
         if not names:
             raise FileNotFoundError(f"{train} has no class folders; expected {train}/<class>/<image>")
+        if len(names) == 1:
+            raise ValueError(
+                f"{train} holds one class folder ({names[0]}): a classifier needs two or more, one folder per class "
+                f"({train}/<class>/<image>). Add the other classes' folders, or point data.root at the folder "
+                f"whose train/ holds them."
+            )
         empty = [name for name in names if not has_images(train / name)]
         if empty:
             raise FileNotFoundError(

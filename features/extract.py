@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from data.transforms import Pipeline
+from data.video.lists import VIDEO_EXTENSIONS
 from features.dense import window_spec
 from features.embed import POOLED, POOLS, Embedder
 from features.inputs import list_sources
@@ -36,13 +37,21 @@ from features.splits import is_dataset, split_plan
 from features.store import write_atomic
 from nets.build import build_net, net_from_checkpoint
 from nets.stored import load_checkpoint, stored_config
+from runs.lock import lock_dir
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "32", "16")
 
 
 def extract(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) an extraction; returns what meta.json records (of the first layer's store)."""
+    """Run (or resume) an extraction; returns what meta.json records (of the first layer's store). The output
+    (a shard's own dir, under ``shard``) is locked while this process writes it: a second extraction into it
+    fails at once, naming this one (runs/lock.py)."""
+    with lock_dir(shard_dir(Path(cfg.output), None if cfg.merge else parse_shard(cfg.shard)), key="output"):
+        return extract_locked(cfg)
+
+
+def extract_locked(cfg: DictConfig) -> dict[str, Any]:
     if cfg.merge:
         from features.merge import merge_output
 
@@ -62,6 +71,7 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError("give input=<folder or file list>, or data=<group> split=train|val|test")
         prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
         kind, sources = list_sources(cfg.input, kind=cfg.kind)
+        check_inputs_fit(kind, stored.get("data") or {}, cfg)
         common = run_settings(cfg, kind, prep, stored)
         reading = Reading(kind, str(cfg.input), sources=sources, prep=prep, clips=prep.test_clips)
     layers, pools = resolve_layers(cfg, net)
@@ -88,6 +98,16 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
     if first["failures"]:
         log.warning("%d rows could not be read; see failures.csv in %s", first["failures"], out)
     return first
+
+
+def check_inputs_fit(kind: str, data: dict[str, Any], cfg: DictConfig) -> None:
+    """A checkpoint trained on clips (its data config has ``num_frames``) cannot embed single images."""
+    if kind == "images" and data.get("num_frames"):
+        raise ValueError(
+            f"{cfg.ckpt_path} holds a video model: it takes clips of {data['num_frames']} frames (trained on "
+            f"{data.get('_target_')}), and input={cfg.input} holds images. Give it videos: a folder of videos or a "
+            f"file list of them ({', '.join(sorted(VIDEO_EXTENSIONS))})."
+        )
 
 
 def resolve_layers(cfg: DictConfig, net: nn.Module) -> tuple[list[str], dict[str, str]]:

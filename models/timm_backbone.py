@@ -28,6 +28,10 @@ from models.backbones import StagedBackbone
 
 
 class TimmBackbone(StagedBackbone):
+    # A config stored in a checkpoint may not make it download or read weights (nets/stored.py): the
+    # checkpoint holds them.
+    STORED_CONFIG_LIMITS = {"pretrained": False, "pretrained_file": None}
+
     def __init__(
         self,
         *,

@@ -17,6 +17,7 @@ from torch import nn
 
 from nets.pretrained import load_pretrained
 from nets.stored import net_state_dict, stored_config
+from runs.nonfinite import NonFiniteError, nonfinite_names
 
 FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "pretrained_format", "channels_last")
 
@@ -65,7 +66,8 @@ def _input_channels_last(module: nn.Module, args: tuple, kwargs: dict) -> tuple[
 
 
 def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: int | None = None) -> nn.Module:
-    """Rebuild the net from the config stored in the checkpoint and load its weights exactly."""
+    """Rebuild the net from the config stored in the checkpoint and load its weights exactly; weights holding
+    NaN or inf are refused, naming the tensors (eval.py, extract.py and export.py all come here)."""
     model_cfg = OmegaConf.create(stored_config(ckpt, path, parts=("model",))["model"])
     trained_classes = model_cfg.num_classes
     if num_classes is not None and num_classes != trained_classes:
@@ -73,6 +75,14 @@ def net_from_checkpoint(ckpt: dict[str, Any], path: str | Path, *, num_classes: 
             f"{path} was trained for {trained_classes} classes but the data has {num_classes}; evaluate it on "
             f"data with the same classes, or fine-tune it (model.pretrained={path}) for the new ones"
         )
+    state = net_state_dict(ckpt)
+    bad = nonfinite_names({k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()})
+    if bad:  # train.py never writes such weights; a file from elsewhere (or a damaged one) may hold them
+        raise NonFiniteError(
+            f"{path} holds non-finite weights (NaN or inf) in {', '.join(bad[:5])}"
+            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}: nothing it computes would mean anything. "
+            f"Use another checkpoint of the run (checkpoints/best.ckpt, last.ckpt)."
+        )
     net = build_net(model_cfg, load_weights=False)  # the checkpoint's own weights follow
-    net.load_state_dict(net_state_dict(ckpt), strict=True)
+    net.load_state_dict(state, strict=True)
     return net

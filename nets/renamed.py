@@ -3,8 +3,8 @@
 A checkpoint holds its run config with every ``_target_`` as the code spelled it when the checkpoint was
 written. When a class moves, its old path is added here (never removed); ``nets.stored.load_checkpoint``
 rewrites a stored config through this table before anything reads it, so checkpoints written before a move
-still evaluate, extract, export and resume. The allowlist (``nets.stored.ALLOWED_TARGETS``) names only the
-new paths.
+still evaluate, extract, export and resume. The allowlist (``nets.stored.allowed_positions``, derived from
+conf/) names only the new paths.
 """
 
 from __future__ import annotations

@@ -12,16 +12,19 @@ from typing import IO
 
 
 @contextmanager
-def replacing(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
+def replacing(path: str | Path, *, durable: bool = True, keep: str | Path | None = None) -> Iterator[Path]:
     """Yields ``<path>.tmp`` in the same folder to be filled; on success renames it over ``path`` (atomic on
     POSIX and Windows), on any failure removes it, so ``path`` is either the old file or the complete new one.
-    ``durable`` also fsyncs the folder, so that the rename survives a power cut."""
+    ``durable`` also fsyncs the folder, so that the rename survives a power cut. ``keep``: the old ``path``
+    stays there (a hard link, made before the rename: ``path`` exists throughout)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)  # left by a killed writer
     try:
         yield tmp
+        if keep is not None and path.exists():
+            atomic_link(path, keep, durable=False)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -38,24 +41,26 @@ def replacing(path: str | Path, *, durable: bool = True) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "w", *, durable: bool = True) -> Iterator[IO]:
+def atomic_open(
+    path: str | Path, mode: str = "w", *, durable: bool = True, keep: str | Path | None = None
+) -> Iterator[IO]:
     """``open`` for writing through ``replacing``: a reader never sees a half-written ``path``.
 
     ``durable`` also fsyncs the file and the folder, so the new file survives a power cut; frequent small
     progress records can skip that cost.
     """
-    with replacing(path, durable=durable) as tmp, open(tmp, mode) as f:
+    with replacing(path, durable=durable, keep=keep) as tmp, open(tmp, mode) as f:
         yield f
         if durable:
             f.flush()
             os.fsync(f.fileno())
 
 
-def atomic_link(source: str | Path, path: str | Path) -> None:
+def atomic_link(source: str | Path, path: str | Path, *, durable: bool = True, keep: str | Path | None = None) -> None:
     """Makes ``path`` a hard link to ``source`` (a copy where the file system has no hard links), replacing
-    any old ``path`` atomically. Writers that replace files by renames (``atomic_open``) give the other name
-    a new file, so the two never change together."""
-    with replacing(path) as tmp:
+    any old ``path`` atomically (kept as ``keep`` when given). Writers that replace files by renames
+    (``atomic_open``) give the other name a new file, so the two never change together."""
+    with replacing(path, durable=durable, keep=keep) as tmp:
         try:
             os.link(source, tmp)
         except OSError:

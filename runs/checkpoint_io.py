@@ -32,8 +32,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         check_finite_weights(checkpoint, path)
-        with atomic_open(path, "wb") as f:
+        with atomic_open(path, "wb", keep=previous_of(path)) as f:
             torch.save(checkpoint, f)
+
+
+LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
+
+
+def previous_of(path: str | Path) -> Path | None:
+    """Where a replaced ``last.ckpt`` is kept (``previous.ckpt`` beside it): the state one save earlier, for a
+    resume when ``last.ckpt`` is damaged. Other checkpoints keep nothing."""
+    path = Path(path)
+    return path.with_name(PREVIOUS) if path.name == LAST else None
 
 
 def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:

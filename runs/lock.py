@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -27,7 +28,7 @@ try:
 except ImportError:  # Windows: the pid/host fallback below
     fcntl = None
 
-from runs.resolvers import is_rank_zero
+from runs.resolvers import is_rank_zero, written_config_subdir
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
@@ -38,19 +39,49 @@ class RunDirInUse(RuntimeError):
     pass
 
 
+class RunDirHoldsARun(RuntimeError):
+    pass
+
+
+# What a finished or running training run (or another evaluation) leaves in its dir.
+RUN_FILES = ("results.json", "checkpoints")
+
+
 @contextmanager
-def lock_run_dir(run_dir: str | Path) -> Iterator[None]:
+def lock_run_dir(run_dir: str | Path, *, fresh: bool = False) -> Iterator[None]:
     """Holds ``<run dir>/.lock`` for the block (in the rank-0 process only; the other processes of a
-    distributed run share rank 0's dir)."""
+    distributed run share rank 0's dir). ``fresh``: the dir must hold no run's files either (``RUN_FILES``):
+    an evaluation writes its own results and plots, never over a run's. A refused process leaves nothing in
+    the dir: the copy of its config Hydra wrote there (``.hydra-resume-<n>/``) is removed."""
     if not is_rank_zero():
         yield
         return
     lock = RunDirLock(run_dir)
-    lock.acquire()
+    try:
+        lock.acquire()
+        found = [name for name in RUN_FILES if fresh and (Path(run_dir) / name).exists()]
+        if found:
+            lock.release()
+            raise RunDirHoldsARun(
+                f"run dir {run_dir} holds another run ({', '.join(found)}); an evaluation never writes over a run's "
+                f"results, checkpoints or plots. Leave hydra.run.dir out (each evaluation gets a new dir of its "
+                f"own) or give a new one: hydra.run.dir=<new dir>."
+            )
+    except (RunDirInUse, RunDirHoldsARun):
+        remove_own_config_copy(run_dir)
+        raise
     try:
         yield
     finally:
         lock.release()
+
+
+def remove_own_config_copy(run_dir: str | Path) -> None:
+    """Removes the ``.hydra-resume-<n>/`` this process's Hydra wrote into ``run_dir`` (a ``.hydra/`` may be the
+    other process's own, written at the same moment: it stays)."""
+    name = written_config_subdir(str(run_dir))
+    if name and name != ".hydra":
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
 
 
 def owner_record() -> dict[str, Any]:
@@ -72,8 +103,21 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def lock_dir(folder: str | Path, *, key: str) -> Iterator[None]:
+    """Holds ``<folder>/.lock`` for the block, in this process whatever its rank: an output that one process
+    writes (an extraction's store; ``key`` is the setting that chooses another)."""
+    lock = RunDirLock(folder, key=key, what="output")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class RunDirLock:
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, key: str = "hydra.run.dir", what: str = "run dir") -> None:
+        self.key, self.what = key, what
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.fd: int | None = None
@@ -140,10 +184,13 @@ class RunDirLock:
     def _in_use(self, owner: dict[str, Any]) -> RunDirInUse:
         who = f"process {owner.get('pid', '?')} on host {owner.get('host', '?')}"
         since = f" since {owner['since']}" if owner.get("since") else ""
+        if self.key == "hydra.run.dir":
+            fix = "hydra.run.dir=<new dir> (or leave hydra.run.dir out: each run then gets a new dir of its own)"
+        else:
+            fix = f"{self.key}=<new dir>"
         return RunDirInUse(
-            f"run dir {self.run_dir} is in use by {who}{since} ({owner.get('command', 'another run')}). Two runs in "
-            f"one dir overwrite each other's checkpoints and results: wait for that run to end, or choose another "
-            f"dir with hydra.run.dir=<new dir> (or leave hydra.run.dir out: each run then gets a new dir of its own)."
+            f"{self.what} {self.run_dir} is in use by {who}{since} ({owner.get('command', 'another run')}). Two runs "
+            f"in one dir overwrite each other's files: wait for that run to end, or choose another dir with {fix}."
         )
 
     def release(self) -> None:

@@ -26,6 +26,7 @@ Registered on import (the entry scripts import this module before Hydra composes
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable
@@ -86,8 +87,25 @@ def claim_dir(parent: str, pattern: str) -> str:
             path.mkdir(parents=True)
         except FileExistsError:
             continue
+        except OSError as e:  # read-only, no permission, a name over the file system's limit (255 bytes)
+            # SystemExit: Hydra resolves this before the job, where an exception would end in its traceback.
+            raise SystemExit(f"error: {run_dir_problem(path, e)}") from None
         return str(path)
     raise AssertionError("unreachable")
+
+
+def run_dir_problem(path: Path, error: OSError) -> str:
+    """Why the run dir ``path`` (``paths.log_dir``/``task_name``/stamp) cannot be made, and which key fixes it."""
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if error.errno == errno.ENAMETOOLONG and long:
+        return (
+            f"cannot create the run dir {path}: its name {long[0][:40]!r}... is {len(long[0].encode())} bytes, over "
+            f"the file system's 255. Shorten task_name (or paths.log_dir), or give hydra.run.dir=<dir>."
+        )
+    return (
+        f"cannot create the run dir {path} ({error.strerror}): paths.log_dir must be a folder this process can "
+        f"write. Give another one: paths.log_dir=<dir> (or hydra.run.dir=<dir>)."
+    )
 
 
 def config_subdir(output_dir: str) -> str:
@@ -97,6 +115,11 @@ def config_subdir(output_dir: str) -> str:
         names = (".hydra" if n == 0 else f".hydra-resume-{n}" for n in itertools.count())
         _shared[memo] = next(name for name in names if not (Path(output_dir) / name).exists())
     return _shared[memo]
+
+
+def written_config_subdir(output_dir: str) -> str | None:
+    """The ``config_subdir`` this process gave Hydra for ``output_dir``, if it asked for one."""
+    return _shared.get(("config_subdir", str(Path(output_dir).resolve())))
 
 
 def shared_with_rank_zero(key: str, value: str | Callable[[], str]) -> str:

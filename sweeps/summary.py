@@ -12,6 +12,9 @@
   number and state (COMPLETE, PRUNED with its epoch), a table of the study's trials with the failed ones and
   why, and Optuna's plots: plots/optuna_{history,importances,parallel_coordinate,intermediate_values}.png.
   Pruned and failed trials are never the best job.
+
+  A job that raises (any multirun) is a row of state FAILED with its error, and the summary is rewritten after
+  every job: a multirun that stops on a failed job still summarises those that finished.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from runs.atomic import atomic_open
@@ -39,6 +44,8 @@ EXTRA_NUMBERS = ("epochs", "train_seconds")
 # Overrides the Optuna sweeper adds to every job (sweeps/trial.py): bookkeeping, not swept parameters.
 TRIAL_KEY = "optuna.trial"
 TRIAL_PREFIX = "optuna."
+# What a job that raised leaves in its dir instead of results.json (SweepSummary.on_job_end): overrides, error.
+FAILED_JOB = "failed.json"
 
 
 # --- reading the jobs -------------------------------------------------------------------------------------
@@ -55,9 +62,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One dict per results.json under ``sweep_dir``, in job-directory order."""
+    """One dict per results.json under ``sweep_dir`` (and per ``FAILED_JOB`` record of a job that raised, with
+    its error and state ``FAILED``), in job-directory order."""
     jobs = []
-    for path in sorted(sweep_dir.rglob("results.json"), key=lambda p: natural_key(p.parent.relative_to(sweep_dir))):
+    found = [*sweep_dir.rglob("results.json"), *sweep_dir.rglob(FAILED_JOB)]
+    for path in sorted(found, key=lambda p: natural_key(p.parent.relative_to(sweep_dir))):
+        failed = path.name == FAILED_JOB
+        if failed and (path.parent / "results.json").is_file():
+            continue  # a later attempt of the job (an Optuna retry, a rerun) finished
         try:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -71,10 +83,11 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "job": str(path.parent.relative_to(sweep_dir)),
                 "overrides": overrides,
                 "params": {k: v for k, v in params.items() if not k.startswith(TRIAL_PREFIX)},
-                "metrics": job_metrics(results),
+                "metrics": {} if failed else job_metrics(results),
                 "run_dir": results.get("run_dir", str(path.parent)),
                 "trial": int(trial) if trial is not None else None,
-                "state": None,
+                "state": "FAILED" if failed else None,
+                "error": results.get("error", "") if failed else "",
             }
         )
     return jobs
@@ -188,9 +201,13 @@ def mark_trial_states(jobs: list[dict[str, Any]], trials: list) -> None:
 def write_csv(path: Path, jobs, params, metrics, groups) -> None:
     group_of = {id(job): group for group in groups for job in group["jobs"]}
     optuna = any(job["trial"] is not None for job in jobs)
+    states = optuna or any(job["state"] for job in jobs)
+    errors = any(job["error"] for job in jobs)
     header = [
         "job",
-        *(["trial", "state"] if optuna else []),
+        *(["trial"] if optuna else []),
+        *(["state"] if states else []),
+        *(["error"] if errors else []),
         *params,
         *metrics,
         "n_seeds",
@@ -210,7 +227,9 @@ def write_csv(path: Path, jobs, params, metrics, groups) -> None:
             writer.writerow(
                 [
                     job["job"],
-                    *([blank(job["trial"]), job["state"] or ""] if optuna else []),
+                    *([blank(job["trial"])] if optuna else []),
+                    *([job["state"] or ""] if states else []),
+                    *([job["error"]] if errors else []),
                     *(job["params"].get(p, "") for p in params),
                     *(blank(job["metrics"].get(m)) for m in metrics),
                     len(group_of[id(job)]["jobs"]),
@@ -247,14 +266,19 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
         ]
     elif metric:
         lines += [f"No job recorded {metric}.", ""]
+    failed = [j for j in jobs if j["state"] == "FAILED"]
+    if failed:
+        lines += [f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(j['job'] for j in failed)} (error below).", ""]
     lines += ["## Jobs", ""]
     optuna = any(j["trial"] is not None for j in jobs)
+    states = optuna or bool(failed)
     lines += markdown_table(
-        ["job", *(["trial", "state"] if optuna else []), *params, *metrics, "run dir"],
+        ["job", *(["trial"] if optuna else []), *(["state"] if states else []), *params, *metrics, "run dir"],
         [
             [
                 j["job"],
-                *([str(j["trial"]), j["state"] or ""] if optuna else []),
+                *([str(j["trial"])] if optuna else []),
+                *([j["state"] or ""] if states else []),
                 *(j["params"].get(p, "") for p in params),
                 *(fmt(j["metrics"].get(m)) for m in metrics),
                 j["run_dir"],
@@ -272,6 +296,12 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
             cells.append("" if mean is None else f"{mean:.4g} ± {fmt(std) or '-'} ({n})")
         rows.append([*(group["config"].get(p, "") for p in config_params), *cells])
     lines += markdown_table([*config_params, *metrics], rows)
+    if failed:
+        lines += ["", "## Failed jobs", ""]
+        lines += markdown_table(
+            ["job", "overrides", "error"],
+            [[j["job"], " ".join(j["overrides"]), j["error"].replace("|", "/").replace("\n", " ")] for j in failed],
+        )
     if extra:
         lines += ["", *extra]
     with atomic_open(path) as f:
@@ -399,6 +429,25 @@ class SweepSummary(Callback):
         if mode not in (None, "max", "min"):
             raise ValueError(f"SweepSummary mode={mode!r} must be 'max', 'min' or null (from the sweeper/metric)")
         self.metric, self.mode = metric, mode
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """In a multirun, after every job: a job that raised leaves ``FAILED_JOB`` (its overrides and error) in
+        its dir, and the summary is brought up to date, so the jobs that finished are summarised even when the
+        multirun then stops on the failure (Hydra raises it once the jobs ran, and never ends the multirun)."""
+        hydra = config.get("hydra")
+        if hydra is None or hydra.get("mode") != RunMode.MULTIRUN:
+            return
+        if job_return.status == JobStatus.FAILED:
+            error = "unknown error"
+            try:
+                _ = job_return.return_value  # raises the job's exception (Hydra's way to hand it out)
+            except Exception as e:  # any job error is recorded, never raised here
+                error = f"{type(e).__name__}: {e}"
+            run_dir = Path(hydra.runtime.output_dir)
+            record = {"overrides": list(hydra.overrides.task), "run_dir": str(run_dir), "error": error}
+            with atomic_open(run_dir / FAILED_JOB) as f:
+                f.write(json.dumps(record, indent=1))
+        self.on_multirun_end(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         metric = self.metric or config.get("optimized_metric")

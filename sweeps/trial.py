@@ -46,7 +46,17 @@ def open_storage(storage: str) -> Any:
         # SQLite needs the folder; the sweeper opens the study before any job has made the sweep dir.
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+    try:
+        return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+    except Exception as e:  # sqlalchemy's DatabaseError for a file that is no database, ...
+        if not storage.startswith("sqlite:///"):
+            raise
+        path = storage.removeprefix("sqlite:///")
+        raise ValueError(
+            f"Optuna storage {path} cannot be read as an SQLite database ({str(e).splitlines()[0]}): it is damaged "
+            f"or not Optuna's. To start a new study, move it away (mv {path} {path}.damaged) or give another file: "
+            f"hydra.sweeper.storage=sqlite:///<new file>.db"
+        ) from None
 
 
 def load_study(storage: str, study_name: str) -> Any:

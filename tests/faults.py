@@ -12,15 +12,33 @@ import torch
 
 
 class SignalAt(pl.Callback):
-    """Sends ``signum`` to this process once, when training batch number ``step`` (global, from 0) ends."""
+    """Sends ``signum`` to this process ``times`` times (to its whole process group with ``group``, as a terminal
+    sends Ctrl-C), when training batch number ``step`` (global, from 0) ends, or with ``in_validation`` validation
+    batch ``step`` of an epoch."""
 
-    def __init__(self, *, step: int, signum: str = "SIGTERM") -> None:
-        self.step, self.signum = step, signal.Signals[signum]
+    def __init__(
+        self, *, step: int, signum: str = "SIGTERM", times: int = 1, group: bool = False, in_validation: bool = False
+    ) -> None:
+        self.step, self.signum, self.times, self.group = step, signal.Signals[signum], times, group
+        self.in_validation = in_validation
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         # global_step already counts this batch's update
-        if trainer.global_step - 1 == self.step:
-            os.kill(os.getpid(), self.signum)
+        if trainer.global_step - 1 == self.step and not self.in_validation:
+            self.send()
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if self.in_validation and not trainer.sanity_checking and batch_idx == self.step:
+            self.send()
+
+    def send(self) -> None:
+        for _ in range(self.times):
+            if self.group:
+                os.killpg(os.getpgid(0), self.signum)
+            else:
+                os.kill(os.getpid(), self.signum)
 
 
 class NaNLossAt(pl.Callback):

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from data.cifar10 import CIFAR10DataModule, read_batches
 from data.digits import DigitsDataModule, digits_as_images
-from data.image_folder import ImageFolderDataModule
+from data.image_folder import ImageFolderDataModule, load_image
 from data.transforms import Pipeline
 from tests.data_utils import write_cifar10, write_image_folder
 
@@ -127,3 +128,59 @@ def test_image_folder_num_classes_given_is_checked_naming_both_numbers(make_cfg,
     wrong = make_cfg("data=image_folder", f"data.root={tmp_path / 'imgs'}", "data.num_classes=5")
     with pytest.raises(ValueError, match=r"data.num_classes=5 but the data has 3 classes .*set data.num_classes=3"):
         build_datamodule(wrong.data, wrong.augment)
+
+
+# --- high-bit-depth, float and rotated image files (issue 25 item 4), compared with torchvision's decoder ------
+
+
+def test_a_16_bit_png_loads_scaled_as_torchvision_does(tmp_path):
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2.functional import to_dtype
+
+    grey = (np.arange(48 * 64).reshape(48, 64) * 21).astype(np.uint16)  # 0 .. 64491
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    image = load_image(tmp_path / "deep.png", None)
+    assert image.shape == (48, 64, 3) and 100 < image.mean() < 160  # all white (254.6) before
+    theirs = to_dtype(decode_image(str(tmp_path / "deep.png"), mode=ImageReadMode.UNCHANGED), torch.uint8, scale=True)
+    assert np.abs(image[..., 0].astype(int) - theirs[0].numpy().astype(int)).max() <= 1
+    assert (image[..., 0] == image[..., 2]).all()
+
+
+def test_a_float_tiff_in_0_1_loads_scaled_and_one_outside_is_refused_naming_it(tmp_path):
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tif")
+    image = load_image(tmp_path / "ramp.tif", None)
+    assert abs(image.mean() - 127.5) < 1 and image.min() == 0 and image.max() == 255  # all black (0.0) before
+    Image.fromarray(ramp * 1000, mode="F").save(tmp_path / "counts.tif")
+    with pytest.raises(ValueError, match=r"counts\.tif is a float image \(PIL mode F\) with values in \[0, 1000\]"):
+        load_image(tmp_path / "counts.tif", None)
+
+
+def test_an_exif_rotated_jpeg_loads_upright_as_torchvision_does(tmp_path):
+    from torchvision.io import ImageReadMode, decode_image
+
+    stored = np.zeros((20, 40, 3), np.uint8)  # (H, W, 3) as stored: red left half, blue right half
+    stored[:, :20, 0] = 255
+    stored[:, 20:, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    image = load_image(tmp_path / "phone.jpg", None)
+    assert image.shape == (40, 20, 3)  # (20, 40, 3) before: unrotated
+    assert image[:20, :, 0].mean() > 200 and image[20:, :, 2].mean() > 200  # the left half on top
+    theirs = decode_image(str(tmp_path / "phone.jpg"), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    assert np.abs(image.astype(int) - theirs.permute(1, 2, 0).numpy().astype(int)).max() <= 8
+
+
+def test_image_folder_training_and_eval_read_16_bit_images(tmp_path):
+    root = write_image_folder(tmp_path / "data", classes=("a", "b"), per_class=2)
+    deep = (np.full((16, 16), 40000)).astype(np.uint16)
+    for split in ("train", "val", "test"):
+        for cls in ("a", "b"):
+            Image.fromarray(deep).save(root / split / cls / "deep.png")
+    dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=4, num_workers=0, in_memory=False)
+    dm.setup()
+    for split in (dm.train_set, dm.test_set):
+        sample = next(split[i] for i in range(len(split)) if split.samples[i][0].name == "deep.png")
+        assert abs(float(sample["input"].mean()) - (40000 >> 8) / 255) < 1e-3  # 1.0 (all white) before

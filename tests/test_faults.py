@@ -4,6 +4,10 @@ loss, non-finite weights, a truncated JPEG, a checkpoint whose config names code
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +18,10 @@ from PIL import Image
 from nets.stored import UnsafeConfigError, load_checkpoint, stored_config
 from runs.checkpoint_io import AtomicCheckpointIO
 from runs.nonfinite import NonFiniteError, all_finite, check_update
+from tests.conftest import ROOT, SMALL
 from trainer.run import train
+
+SMALL_ARGS = [a for a in SMALL if a != "data.num_workers=0"]
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.
 EXACT = [
@@ -52,7 +59,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", pytest.param("SIGUSR1", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "signum",
+    ["SIGTERM", "SIGINT", pytest.param("SIGUSR1", marks=pytest.mark.slow)],  # SIGINT: Ctrl-C
+)
 def test_signal_mid_epoch_then_resume_equals_uninterrupted_run(make_cfg, tmp_path, signum):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     train(make_cfg(*EXACT, output_dir=ref))
@@ -65,7 +75,7 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted_run(make_cfg, tmp_pat
     ]
     with pytest.raises(SystemExit) as exit_info:
         train(make_cfg(*EXACT, *fault, output_dir=cut))
-    assert exit_info.value.code == 128 + {"SIGTERM": 15, "SIGUSR1": 10}[signum]
+    assert exit_info.value.code == 128 + {"SIGTERM": 15, "SIGUSR1": 10, "SIGINT": 2}[signum]
     saved = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 5
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
@@ -77,6 +87,63 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted_run(make_cfg, tmp_pat
     assert {k: a[k] for k in METRICS} == {k: b[k] for k in METRICS}
     assert_same_weights(ref / "checkpoints" / "last.ckpt", cut / "checkpoints" / "last.ckpt")
     assert_same_weights(ref / "checkpoints" / "best.ckpt", cut / "checkpoints" / "best.ckpt")
+
+
+def test_ctrl_c_prints_the_resume_command_and_a_second_one_aborts_at_once(make_cfg, tmp_path, caplog):
+    once = [
+        "+callbacks.fault._target_=tests.faults.SignalAt",
+        "+callbacks.fault.step=1",
+        "+callbacks.fault.signum=SIGINT",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        train(make_cfg(*EXACT, *once, output_dir=tmp_path / "once"))
+    assert exit_info.value.code == 130 and (tmp_path / "once" / "checkpoints" / "last.ckpt").is_file()
+    assert "Ctrl-C again aborts at once" in caplog.text
+    assert f"Resume with: python train.py resume=auto hydra.run.dir={tmp_path / 'once'}" in caplog.text
+
+    twice = [*once, "+callbacks.fault.times=2"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            train(make_cfg(*EXACT, *twice, output_dir=tmp_path / "twice"))
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores Ctrl-C after its shutdown
+    assert exit_info.value.code == 1  # Lightning's KeyboardInterrupt shutdown, at once
+    assert not (tmp_path / "twice" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_with_loader_workers_saves_and_exits(tmp_path):
+    """A real train.py in its own process group with 2 loader workers; SIGINT to the whole group, as a
+    terminal's Ctrl-C sends it, during validation: the training process finishes the validation, saves and says
+    how to resume, and no loader worker's death breaks it."""
+    run_dir = tmp_path / "run"
+    args = [
+        *SMALL_ARGS,
+        "trainer.max_epochs=2",
+        "data.num_workers=2",
+        "+callbacks.fault._target_=tests.faults.SignalAt",
+        "+callbacks.fault.step=1",
+        "+callbacks.fault.signum=SIGINT",
+        "+callbacks.fault.group=true",
+        "+callbacks.fault.in_validation=true",  # the epoch's validation goes on after the signal: more batches
+        "trainer.limit_val_batches=12",
+        "data.in_memory=false",  # loader workers read the samples
+        "data.batch_size=8",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 130, out[-3000:]
+    assert "Resume with: python train.py resume=auto" in out and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "DataLoader worker" not in out, out[-3000:]
 
 
 def test_save_failing_half_way_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -206,7 +273,6 @@ def test_truncated_jpeg_skipped_and_counted_in_training_raises_in_evaluation(mak
         "data.image_size=16",
         "data.batch_size=4",
         "data.pin_memory=false",
-        "data.persistent_workers=false",
         "model=lenet",
         "trainer.limit_train_batches=null",
         "trainer.limit_val_batches=null",
@@ -227,7 +293,6 @@ def test_truncated_jpeg_skipped_and_counted_in_training_raises_in_evaluation(mak
                 "data.num_classes=2",
                 "data.image_size=16",
                 "data.pin_memory=false",
-                "data.persistent_workers=false",
                 output_dir=tmp_path / "run2",
             )
         )

@@ -73,7 +73,9 @@ def test_last_is_a_hard_link_to_best_when_best_was_just_written(run):
     last, best = os.stat(ckpts / "last.ckpt"), os.stat(ckpts / "best.ckpt")
     assert (last.st_ino, last.st_dev) == (best.st_ino, best.st_dev)
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 8
-    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary files left
+    # No temporary files left; the last.ckpt before the final save is kept (a resume's fallback).
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
+    assert torch.load(ckpts / "previous.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_resume_from_last_continues_after_the_final_epoch(run, make_cfg, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import traceback
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def test_stored_augment_naming_a_file_writing_function_is_refused_and_writes_not
         ({"_target_": "albumentations.core.serialization.save"}, "not a transform class"),
         ({"_target_": "albumentations.save"}, "not a transform class"),
         ({"_target_": "data.cifar10.CIFAR10DataModule", "root": "/x", "download": True}, "would make .* write files"),
-        ({"_target_": "models.backbones.LeNet", "_args_": ["x"]}, "_args_ is not an argument"),
+        ({"_target_": "data.digits.DigitsDataModule", "_args_": ["x"]}, "_args_ is not an argument"),
+        ({"_target_": "models.backbones.LeNet"}, "may not stand at data: it is allowed only at model.backbone"),
         ({"_target_": "data.cifar10.CIFAR10DataModule", "root": "/x", "evil": 1}, "evil is not an argument"),
     ],
 )
@@ -72,20 +74,19 @@ def test_targets_and_arguments_outside_the_allowlist_are_refused(tmp_path, node,
 
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-SYNTHETIC = {("data", "synthetic_video"), ("experiment", "video_synthetic")}  # refused from files, below
 # Every option of the groups whose classes a run builds (found on disk, so a new option is checked too).
 OPTIONS = [
     (group, path.stem)
     for group in ("data", "model", "augment", "callbacks", "logger", "optimizer", "scheduler", "finetune", "experiment")
     + tuple(f"model/{d.name}" for d in sorted((CONF / "model").iterdir()) if d.is_dir())
     for path in sorted((CONF / group).glob("*.yaml"))
-    if not path.stem.startswith("_") and (group, path.stem) not in SYNTHETIC
+    if not path.stem.startswith("_")
 ]
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_shipped_config_passes_the_allowlist(tmp_path, group, option):
-    """The allowlist is exact, so every class conf/ names must be in it (with arguments it declares)."""
+    """Every object conf/ can build is loadable from a checkpoint (with the arguments it declares)."""
     extra = ["data.num_classes=3"] if (group, option) in {("data", o) for o in NEEDS_NUM_CLASSES} else []
     check_targets(run_config(tmp_path, f"{group}={option}", *extra), "conf")
 
@@ -93,10 +94,13 @@ def test_every_shipped_config_passes_the_allowlist(tmp_path, group, option):
 NEEDS_NUM_CLASSES = ("image_folder", "video_folder", "ucf101", "hmdb51", "kinetics", "ssv2", "video_list")
 
 
-def test_synthetic_video_data_is_refused_from_a_file(tmp_path):
-    """It writes its dataset under its root: a stored config may not make eval.py do that."""
-    with pytest.raises(UnsafeConfigError, match="SyntheticVideoDataModule"):
-        check_targets(run_config(tmp_path, "data=synthetic_video"), "x.ckpt")
+def test_synthetic_video_data_is_built_from_a_file_only_at_a_bounded_size(tmp_path):
+    """A checkpoint of the video demo is evaluable on its own data, which it may generate, but not a disk's worth."""
+    config = run_config(tmp_path, "data=synthetic_video")
+    check_targets(config, "x.ckpt")
+    config["data"]["train_per_class"] = 10**9
+    with pytest.raises(UnsafeConfigError, match=r"data\.train_per_class=1000000000 is refused .* within \[0, 500\]"):
+        check_targets(config, "x.ckpt")
 
 
 class Payload:
@@ -161,14 +165,45 @@ def test_callbacks_or_logger_under_trainer_are_an_error_naming_the_key(make_cfg,
         check_config(make_cfg(override))
 
 
-def test_a_stored_timm_backbone_may_not_fetch_weights(tmp_path):
+TIMM = {"_target_": "models.timm_backbone.TimmBackbone", "name": "resnet18", "pretrained": True}
+
+
+@pytest.mark.parametrize("where", ["model.backbone", "model.temporal", "augment.eval.transforms.x", "data"])
+def test_a_stored_timm_backbone_may_not_fetch_weights_wherever_it_stands(make_cfg, tmp_path, where):
+    """Its weight arguments are checked by class, and it is admitted only as a backbone: at model.temporal or in
+    an augment pipeline it is refused before anything is built, so eval.py never reaches timm's hub."""
     config = run_config(tmp_path)
-    config["model"]["backbone"] = {
-        "_target_": "models.timm_backbone.TimmBackbone",
-        "name": "resnet18",
-        "pretrained": True,
-    }
-    with pytest.raises(UnsafeConfigError, match=r"model.backbone.pretrained=True would make .*TimmBackbone download"):
+    parent, _, leaf = where.rpartition(".")
+    node = config
+    for part in parent.split(".") if parent else ():
+        node = node[part]
+    node[leaf] = dict(TIMM)
+    path = write_ckpt(tmp_path / "evil.ckpt", config, with_weights=False)
+    message = (
+        r"model\.backbone\.pretrained=True is refused .*TimmBackbone would download"
+        if where == "model.backbone"
+        else rf"{re.escape(where)}\._target_='models\.timm_backbone\.TimmBackbone' "
+        rf"may not stand at {re.escape(where)}: it is allowed only at model\.backbone"
+    )
+    with pytest.raises(UnsafeConfigError, match=message):
+        evaluate(make_cfg(f"ckpt_path={path}", config_name="eval"))
+
+
+@pytest.mark.parametrize("argument", [{"pretrained": True}, {"pretrained_file": "/etc/passwd"}])
+def test_a_stored_timm_backbone_may_not_read_weights(tmp_path, argument):
+    config = run_config(tmp_path)
+    config["model"]["backbone"] = {**TIMM, "pretrained": False, **argument}
+    with pytest.raises(UnsafeConfigError, match=rf"model\.backbone\.{next(iter(argument))}=.* is refused"):
+        check_targets(config, "x.ckpt")
+
+
+def test_an_albumentations_transform_nested_in_a_composition_is_allowed_but_not_outside_augment(tmp_path):
+    config = run_config(tmp_path)
+    flip = {"_target_": "albumentations.HorizontalFlip", "p": 0.5}
+    config["augment"]["train"]["transforms"]["any"] = {"_target_": "albumentations.OneOf", "transforms": [flip]}
+    check_targets(config, "x.ckpt")
+    config["model"]["temporal"] = flip
+    with pytest.raises(UnsafeConfigError, match=r"HorizontalFlip' may not stand at model\.temporal"):
         check_targets(config, "x.ckpt")
 
 
@@ -219,14 +254,14 @@ def test_the_renamed_targets_table_is_true_and_conf_uses_only_new_paths():
     from hydra.utils import get_object
 
     from nets.renamed import RENAMED_TARGETS
-    from nets.stored import ALLOWED_TARGETS
+    from nets.stored import allowed_positions
 
     for old, new in RENAMED_TARGETS.items():
         with pytest.raises(ImportError):
             get_object(old)  # the old path is gone: otherwise it needs no entry
         get_object(new)
         assert new not in RENAMED_TARGETS  # one step: a second move edits the first entry's new path
-    stored = {old for old, new in RENAMED_TARGETS.items() if new in ALLOWED_TARGETS}
+    stored = {old for old, new in RENAMED_TARGETS.items() if new in allowed_positions()}
     assert stored >= set(BEFORE_THE_MOVES.values())
     in_conf = {
         line.split("_target_:")[1].strip()

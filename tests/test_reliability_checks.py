@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,9 +21,10 @@ from data.image_folder import ImageFolderDataModule
 from data.video.datamodule import VideoDataModule
 from runs.checkpoint_io import AtomicCheckpointIO
 from runs.nonfinite import NonFiniteError
+from tests.conftest import run_script
 from tests.data_utils import write_image_folder
 from tests.video_utils import make_video_folder
-from trainer.checks import ConfigError, UnreadableFileError, check_eval_files
+from trainer.checks import ConfigError, UnreadableFileError, check_config, check_eval_files
 from trainer.run import evaluate, train
 
 
@@ -202,3 +204,71 @@ def test_skip_stops_after_max_consecutive_skips(make_cfg):
         NonFiniteError, match=r"2 updates in a row skipped .*global step 2; module\.max_consecutive_skips=2"
     ):
         train(cfg)
+
+
+# --- messages that name the key or file and the fix (issue 25 item 10) ------------------------------------------
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=nan", "optimizer.weight_decay=nan", "scheduler.warmup_epochs=inf"])
+def test_a_nonfinite_optimizer_or_scheduler_number_is_refused_naming_the_key(make_cfg, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}=(nan|inf) is not a finite number"):
+        check_config(make_cfg(override))
+
+
+def test_a_one_class_image_folder_is_named(make_cfg, tmp_path):
+    root = write_image_folder(tmp_path / "data", classes=("cat",), per_class=3)
+    cfg = make_cfg(*image_folder_overrides(root))
+    with pytest.raises(ValueError, match=rf"{root / 'train'} holds one class folder \(cat\): a classifier needs two"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_damaged_optuna_db_is_named_with_how_to_start_a_new_study(tmp_path):
+    from sweeps.trial import load_study
+
+    db = tmp_path / "optuna.db"
+    db.write_bytes(os.urandom(4096))  # a file cut or overwritten: no SQLite database
+    with pytest.raises(ValueError, match=rf"Optuna storage {db} cannot be read .*mv {db} {db}\.damaged"):
+        load_study(f"sqlite:///{db}", "study")
+
+
+@pytest.mark.parametrize("problem", ["read_only", "too_long"])
+def test_a_run_dir_that_cannot_be_made_names_the_path_and_the_key(tmp_path, problem):
+    """A real train.py: /sys refuses new folders even to root (a read-only place); a 300-byte task_name."""
+    args = (
+        ["paths.log_dir=/sys/visfeat"]
+        if problem == "read_only"
+        else [f"paths.log_dir={tmp_path}", "task_name=" + "t" * 300]
+    )
+    proc = run_script("train.py", *args, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    expected = (
+        "paths.log_dir must be a folder this process can write"
+        if problem == "read_only"
+        else "is 300 bytes, over the file system's 255. Shorten task_name"
+    )
+    assert "cannot create the run dir" in out and expected in out
+
+
+def test_a_video_checkpoint_given_images_says_it_takes_clips(make_cfg, tmp_path):
+    from features.extract import extract
+    from tests.test_export import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path, "cnn_lstm")  # LeNet per frame + LSTM, on 4-frame clips
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "images" / "a.png")
+    cfg = make_cfg(
+        f"ckpt_path={ckpt}",
+        f"input={tmp_path / 'images'}",
+        f"output={tmp_path / 'features'}",
+        "num_workers=0",
+        "progress=false",
+        config_name="extract",
+        output_dir=tmp_path / "hydra",
+    )
+    with pytest.raises(
+        ValueError, match=r"holds a video model: it takes clips of 4 frames .* holds images\. Give it videos"
+    ):
+        extract(cfg)

@@ -23,11 +23,11 @@ from runs.compose import compose_config
 from runs.lock import RunDirInUse, RunDirLock
 from tests.conftest import ROOT, SMALL, run_script
 from trainer.resume import ResumeError, resumed_config
-from trainer.run import train
+from trainer.run import evaluate, train
 
 HOLD_LOCK = (
     "import sys, time; sys.path.insert(0, {root!r}); from runs.lock import RunDirLock; "
-    "RunDirLock({dir!r}).acquire(); print('locked', flush=True); time.sleep(120)"
+    "RunDirLock({dir!r}).acquire(); print('locked', flush=True); time.sleep(3600)"  # killed by each test
 )
 
 
@@ -211,15 +211,42 @@ def test_resume_refuses_a_conflicting_change_unless_allowed(make_cfg, tmp_path):
 
 
 def test_resuming_a_lenet_checkpoint_with_another_model_names_both(make_cfg, tmp_path):
+    """Said at once, without offering allow_resume_changes=true, which could not change it either."""
     run_dir = saved_run(tmp_path, "model=lenet")
     both = (
-        r"model\.backbone\._target_: the run has 'models\.backbones\.LeNet', "
-        r"this command gives 'models\.backbones\.ResNet'"
+        r"holds a LeNet net, but this run's model config builds a ResNet \(model\.backbone\._target_: "
+        r"'models\.backbones\.LeNet' vs 'models\.backbones\.ResNet'.*A resume continues the same net"
     )
-    with pytest.raises(ResumeError, match=both):
-        resumed_config(make_cfg("resume=auto", "model=resnet", output_dir=run_dir))
-    with pytest.raises(ResumeError, match=r"holds a LeNet net, but this run's model config builds a ResNet"):
-        resumed_config(make_cfg("resume=auto", "model=resnet", "allow_resume_changes=true", output_dir=run_dir))
+    for allow in ([], ["allow_resume_changes=true"]):
+        with pytest.raises(ResumeError, match=both) as excinfo:
+            resumed_config(make_cfg("resume=auto", "model=resnet", *allow, output_dir=run_dir))
+        assert "allow_resume_changes" not in str(excinfo.value)
+
+
+def test_a_truncated_last_checkpoint_is_named_damaged_and_the_one_before_it_resumes(make_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_cfg("trainer.max_epochs=2", "callbacks.model_checkpoint.last_every_s=0", output_dir=run_dir))
+    last, previous = run_dir / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "previous.ckpt"
+    assert torch.load(previous, weights_only=True)["epoch"] == 0  # the state one save (epoch) earlier
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # a copy cut short, a disk error
+    with pytest.raises(ResumeError, match=r"last\.ckpt is not a readable checkpoint: truncated or corrupt") as e:
+        resumed_config(make_cfg("resume=auto", "trainer.max_epochs=2", output_dir=run_dir))
+    command = f"python train.py ckpt_path={previous} hydra.run.dir={run_dir}"
+    assert command in str(e.value) and f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}" in str(e.value)
+    train(make_cfg(f"ckpt_path={previous}", "trainer.max_epochs=2", output_dir=run_dir))  # as printed
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+
+
+def test_a_directory_as_ckpt_path_is_named_with_the_checkpoints_inside(make_cfg, tmp_path):
+    run_dir = saved_run(tmp_path)
+    inside = (
+        rf"checkpoint {run_dir} is a directory; give one checkpoint file: it holds {run_dir / 'checkpoints'}/last\.ckpt"
+    )
+    with pytest.raises(IsADirectoryError, match=inside):
+        resumed_config(make_cfg(f"ckpt_path={run_dir}", output_dir=tmp_path / "new"))
+    with pytest.raises(IsADirectoryError, match=inside):
+        evaluate(make_cfg(f"ckpt_path={run_dir}", config_name="eval", output_dir=tmp_path / "eval"))
 
 
 def fake_scontrol(tmp_path: Path) -> Path:

@@ -463,3 +463,40 @@ def test_launchers_compose(make_cfg, launcher, target):
     assert cfg.hydra.launcher._target_.endswith(target)
     if launcher == "slurm":
         assert cfg.hydra.launcher.nodes == cfg.trainer.num_nodes and cfg.hydra.launcher.timeout_min == 240
+
+
+def test_summary_of_a_sweep_with_a_failed_job_marks_it_with_its_error(tmp_path):
+    fake_job(tmp_path, "0", ["optimizer.lr=0.1"], val__acc_best=0.5)
+    fake_job(tmp_path, "2", ["optimizer.lr=0.001"], val__acc_best=0.7)
+    (tmp_path / "1").mkdir()
+    record = {"overrides": ["optimizer.lr=-1"], "run_dir": str(tmp_path / "1"), "error": "ValueError: Invalid lr"}
+    (tmp_path / "1" / "failed.json").write_text(json.dumps(record))
+    assert write_summary(tmp_path, metric="val/acc_best", mode="max")["job"] == "2"
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [(r["job"], r["state"], r["error"]) for r in rows] == [
+        ("0", "", ""),
+        ("1", "FAILED", "ValueError: Invalid lr"),
+        ("2", "", ""),
+    ]
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "1 of 3 jobs failed: 1" in markdown and "| 1 | optimizer.lr=-1 | ValueError: Invalid lr |" in markdown
+
+
+@pytest.mark.slow
+def test_a_multirun_with_a_failing_job_still_writes_the_summary_of_the_others(tmp_path):
+    """A real grid of three jobs in which the middle one raises (a negative learning rate, refused by torch)."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_script(
+        "train.py",
+        "-m",
+        "optimizer.lr=0.01,-1,0.001",
+        *TINY,
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+        check=False,
+    )
+    assert proc.returncode != 0  # the multirun reports the failure
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [(r["optimizer.lr"], r["state"]) for r in rows] == [("0.01", ""), ("-1", "FAILED"), ("0.001", "")]
+    assert "-1" in rows[1]["error"] and rows[0]["val/acc_best"] and rows[2]["val/acc_best"]
+    assert "1 of 3 jobs failed" in (sweep_dir / "summary.md").read_text()

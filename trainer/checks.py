@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from PIL import Image
 
 from data.base import dataset_files
 from data.image_folder import IMAGE_EXTENSIONS
+from nets.stored import directory_message
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +98,33 @@ def check_config(cfg: DictConfig) -> None:
         value = _get(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{key}={value!r} must be positive; e.g. {dict((k, e) for k, _, e in TYPED_KEYS)[key]}")
+    for part in FINITE_PARTS:
+        check_finite(cfg.get(part), part)
     check_validation_split(cfg)
     ckpt = cfg.get("ckpt_path")
     if ckpt:
         from pathlib import Path
 
+        if Path(ckpt).is_dir():
+            raise ConfigError(directory_message(ckpt))
         if not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path={ckpt} does not exist; give the path of a .ckpt file to resume from")
+
+
+# Config parts whose numbers must be finite: a NaN learning rate or decay trains nothing, silently.
+FINITE_PARTS = ("optimizer", "scheduler")
+
+
+def check_finite(node: Any, key: str) -> None:
+    """Every float under ``node`` is finite (NaN and inf are refused, naming the key)."""
+    if isinstance(node, DictConfig):
+        for k in node:
+            check_finite(node[k], f"{key}.{k}")
+    elif isinstance(node, ListConfig):
+        for i, v in enumerate(node):
+            check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not a finite number; give one, e.g. {key}=0.01")
 
 
 def holds_out_no_validation(cfg: DictConfig) -> bool:

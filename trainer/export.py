@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from nets.build import net_from_checkpoint
-from nets.stored import load_checkpoint, stored_config
+from nets.stored import is_checkpoint_file, load_checkpoint, stored_config
 from runs.atomic import replacing
 from runs.results import write_json
 
@@ -48,12 +48,13 @@ def export(cfg: DictConfig) -> Path:
     if len(set(batch_sizes)) < 2 or min(batch_sizes) < 1:
         raise ValueError(f"check_batch_sizes={batch_sizes} needs two different positive batch sizes")
     ckpt_path = Path(cfg.ckpt_path)
+    output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[cfg.format])
+    check_output(output, ckpt_path, overwrite=bool(cfg.get("overwrite")))
     ckpt = load_checkpoint(ckpt_path)
     net = net_from_checkpoint(ckpt, ckpt_path).eval()
     # Only the net is built; the data config is read for its input size, as plain values.
     config = {**stored_config(ckpt, ckpt_path, parts=("model",)), "data": ckpt["hyper_parameters"]["config"]["data"]}
     shape = input_shape(config, cfg.get("input_shape"))
-    output = Path(cfg.output) if cfg.get("output") else ckpt_path.with_suffix(FORMATS[cfg.format])
     output.parent.mkdir(parents=True, exist_ok=True)
 
     generator = torch.Generator().manual_seed(0)
@@ -80,6 +81,26 @@ def export(cfg: DictConfig) -> Path:
     )
     log.info("exported %s to %s", cfg.format, output)
     return output
+
+
+def check_output(output: Path, ckpt_path: Path, *, overwrite: bool) -> None:
+    """Refuses, before anything is built, an ``output`` that is the checkpoint itself (the same file, also through
+    a symlink or a hard link) and, without ``overwrite=true``, any other checkpoint."""
+    if not output.exists():
+        return
+    if ckpt_path.exists() and output.samefile(ckpt_path):
+        raise FileExistsError(
+            f"output={output} is the checkpoint being exported ({ckpt_path}); exporting would replace it. "
+            f"Give another output=<file>{FORMATS_HINT}."
+        )
+    if is_checkpoint_file(output) and not overwrite:
+        raise FileExistsError(
+            f"output={output} is a checkpoint; exporting would replace it. Give another output=<file>"
+            f"{FORMATS_HINT}, or overwrite=true to replace it."
+        )
+
+
+FORMATS_HINT = f" (e.g. ending in {' or '.join(FORMATS.values())})"
 
 
 def input_shape(config: dict[str, Any], given: Sequence[int] | None) -> tuple[int, ...]:

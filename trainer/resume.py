@@ -23,6 +23,7 @@ refused rather than overwritten. The original ``.hydra/`` stays; the resume's ow
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nets.stored import UnsafeConfigError, check_targets, load_checkpoint
+from nets.stored import NotACheckpointError, UnsafeConfigError, check_targets, load_checkpoint
+from runs.checkpoint_io import PREVIOUS
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +77,12 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     path = resume_checkpoint(cfg)
     if path is None:
         return cfg
-    if not path.is_file():
+    if not path.exists():
         raise ResumeError(f"ckpt_path={path} does not exist; give the path of a .ckpt file to resume from")
-    saved = load_checkpoint(path).get("hyper_parameters", {}).get("config")
+    try:
+        saved = load_checkpoint(path).get("hyper_parameters", {}).get("config")
+    except NotACheckpointError as e:
+        raise ResumeError(f"{e} {other_checkpoints(path, cfg)}") from None
     if not isinstance(saved, dict) or "model" not in saved:
         log.warning("%s holds no run config (an older checkpoint?): resuming with this command's config", path)
         return with_values(cfg, {"ckpt_path": str(path)})
@@ -89,15 +94,6 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
     saved = moved({k: v for k, v in saved.items() if k not in LOCATION_KEYS}, saved, current)
     given = set_by_command(cfg, current)
     conflicts = {k: (lookup(saved, k), v) for k, v in given.items() if lookup(saved, k) != v}
-    if conflicts and not cfg.get("allow_resume_changes"):
-        shown = "; ".join(
-            f"{k}: the run has {show(a)}, this command gives {show(b)}" for k, (a, b) in conflicts.items()
-        )
-        raise ResumeError(
-            f"resuming {path} with settings that differ from the run's own: {shown}. A resume continues the run "
-            f"with the config saved in its checkpoint; drop these overrides, or give allow_resume_changes=true "
-            f"to change them from here on."
-        )
     restored = OmegaConf.create(saved)
     for key, (_, value) in conflicts.items():
         if value is MISSING:
@@ -107,11 +103,21 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
                 del node[leaf]
         else:
             OmegaConf.update(restored, key, value, force_add=True)
+    # The net never changes, allowed or not: said first, so allow_resume_changes is not offered for it.
+    check_same_net(saved["model"], OmegaConf.to_container(restored.model, resolve=True), path)
+    if conflicts and not cfg.get("allow_resume_changes"):
+        shown = "; ".join(
+            f"{k}: the run has {show(a)}, this command gives {show(b)}" for k, (a, b) in conflicts.items()
+        )
+        raise ResumeError(
+            f"resuming {path} with settings that differ from the run's own: {shown}. A resume continues the run "
+            f"with the config saved in its checkpoint; drop these overrides, or give allow_resume_changes=true "
+            f"to change them from here on."
+        )
     for key in (*LOCATION_KEYS, *RESUME_KEYS):
         if key in cfg:
             OmegaConf.update(restored, key, cfg[key], force_add=True)
     restored.ckpt_path = str(path)
-    check_same_net(saved["model"], OmegaConf.to_container(restored.model, resolve=True), path)
     try:
         check_targets(
             {k: v for k, v in saved.items() if k not in (*LOCATION_KEYS, *RESUME_KEYS)}, path, trusted=current
@@ -125,6 +131,23 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         log.warning("resuming %s with changed settings (allow_resume_changes): %s", path, sorted(conflicts))
     log.info("resuming %s with the run's own config", path)
     return restored
+
+
+def other_checkpoints(path: Path, cfg: DictConfig) -> str:
+    """What to resume from instead of a damaged ``path``: the checkpoints beside it that load, as commands."""
+    run_dir = shlex.quote(f"hydra.run.dir={cfg.paths.output_dir}")
+    usable = []
+    for other in (path.with_name(PREVIOUS), path.with_name("best.ckpt")):
+        if other != path and other.is_file():
+            try:
+                load_checkpoint(other)
+            except NotACheckpointError:
+                continue
+            usable.append(f"python train.py {shlex.quote(f'ckpt_path={other}')} {run_dir}")
+    if not usable:
+        return "No other checkpoint of the run loads: start the run again in a new dir."
+    what = "the state one save earlier (previous.ckpt) or the best epoch's (best.ckpt)"
+    return f"Resume from {what} instead: {' or '.join(usable)}"
 
 
 def with_values(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:

@@ -104,8 +104,14 @@ def fit_and_test(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test a checkpoint on the test split of the data config stored in it (or of the one given)."""
+    """Test a checkpoint on the test split of the data config stored in it (or of the one given), in a run dir
+    of its own: locked, and refused if it holds another run (runs/lock.py)."""
     check_eval_config(cfg)
+    with lock_run_dir(cfg.paths.output_dir, fresh=True):
+        return evaluate_here(cfg)
+
+
+def evaluate_here(cfg: DictConfig) -> dict[str, Any]:
     start_console(cfg)
     ckpt = load_checkpoint(cfg.ckpt_path)
     stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path))

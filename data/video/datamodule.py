@@ -259,6 +259,16 @@ class HMDB51DataModule(VideoDataModule):
 class SyntheticVideoDataModule(VideoDataModule):
     """The motion-order dataset of ``data.video.synthetic``, generated under ``root`` on first use."""
 
+    # A config stored in a checkpoint may have it generated (a checkpoint of the video demo is evaluated on its
+    # own data), but only at a bounded size (nets/stored.py): 4 classes x 500 short, small videos a split at most.
+    STORED_CONFIG_LIMITS = {
+        "train_per_class": range(501),
+        "val_per_class": range(501),
+        "test_per_class": range(501),
+        "video_frames": range(1, 65),
+        "frame_size": range(8, 129),
+    }
+
     def __init__(
         self,
         *,

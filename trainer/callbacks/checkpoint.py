@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from runs.atomic import atomic_link
+from runs.checkpoint_io import previous_of
 from runs.lightning_private import CheckpointHooks
 
 
@@ -51,7 +52,7 @@ class ModelCheckpoint(CheckpointHooks):
         if source and self.save_last is True and "://" not in path and not self.version_counter:
             self.last_model_path = path
             if trainer.is_global_zero:
-                atomic_link(source, path)
+                atomic_link(source, path, keep=previous_of(path))
             trainer.strategy.barrier()
         else:
             # Rank 0's clock decides, so that every process takes part in the same saves.

@@ -1,9 +1,9 @@
 """Surviving faults: interruption by a signal, and the random state a resume needs (non-finite numbers:
 runs/nonfinite.py).
 
-- ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send) and SIGUSR1 (SLURM's
-  warning before a time limit, ``#SBATCH --signal=USR1@90``) are turned into "finish this batch, write
-  ``checkpoints/last.ckpt``, exit with status 128 + signal"; under SLURM, SIGUSR1 also requeues the job
+- ``SaveOnSignal``: SIGTERM (what ``kill``, ``scancel`` and most schedulers send), SIGUSR1 (SLURM's
+  warning before a time limit, ``#SBATCH --signal=USR1@90``) and SIGINT (Ctrl-C) are turned into "finish this
+  batch, write ``checkpoints/last.ckpt``, exit with status 128 + signal"; under SLURM, SIGUSR1 also requeues the job
   (``scontrol requeue``). Resuming (``resume=auto``) continues with the next batch of the same epoch
   (see docs/reliability.md).
 - ``ResumeState``: the torch, numpy and Python generators are part of every checkpoint, so a resumed run draws
@@ -40,21 +40,29 @@ class Interrupted(SystemExit):
 
 
 class SaveOnSignal(pl.Callback):
-    """On SIGTERM or SIGUSR1: finish the current training batch, save ``<checkpoints>/last.ckpt``, exit.
+    """On SIGTERM, SIGUSR1 or SIGINT (Ctrl-C): finish the current training batch, save
+    ``<checkpoints>/last.ckpt``, print the resume command, exit (130 for Ctrl-C). A second Ctrl-C before then
+    aborts at once, without saving (Lightning's KeyboardInterrupt shutdown).
 
     The handler only records the signal; the checkpoint is written at the next batch end (or epoch end,
     when the signal came during validation), where the loop state is consistent and resumable.
     Under DDP the ranks agree (any rank signalled -> all stop at the same batch).
     """
 
-    def __init__(self, *, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1"), filename: str = "last.ckpt") -> None:
+    def __init__(
+        self, *, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1", "SIGINT"), filename: str = "last.ckpt"
+    ) -> None:
         self.signals = [signal.Signals[name] for name in signals if hasattr(signal, name)]
         self.filename = filename
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("received %s: stopping after this batch and saving last.ckpt", signal.Signals(signum).name)
+        if signum == signal.SIGINT and self.received is not None:  # Ctrl-C again: the user will not wait
+            self._restore()
+            raise KeyboardInterrupt
+        hint = "; Ctrl-C again aborts at once without saving" if signum == signal.SIGINT else ""
+        log.warning("received %s: stopping after this batch and saving last.ckpt%s", signal.Signals(signum).name, hint)
         self.received = signum
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
