@@ -310,10 +310,11 @@ def load_net(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any], InferenceInfo 
 def checkpoint_net(path: str | Path) -> tuple[nn.Module, dict[str, Any], InferenceInfo]:
     """A checkpoint's net (eval preprocessing built from its ``augment.eval``), its run config and inference
     values. Its data config is read as plain values (sizes, clips), never built: inference reads the files it is
-    given, not the training data."""
+    given, not the training data; so are its module options (``module.tta``)."""
     ckpt = load_checkpoint(path)
     stored = stored_config(ckpt, path, parts=("model", "augment"))
-    stored["data"] = ckpt["hyper_parameters"]["config"].get("data") or {}
+    run_config = ckpt["hyper_parameters"]["config"]
+    stored.update(data=run_config.get("data") or {}, module=run_config.get("module") or {})
     return net_from_checkpoint(ckpt, path), stored, inference_info(ckpt, path)
 
 

@@ -68,7 +68,9 @@ def test_eval_tta_is_refused_for_clips_and_views_are_options(make_cfg, tmp_path)
     train(make_cfg("experiment=video_synthetic", f"paths.data_dir={data}", "model.temporal.hidden_size=8", *small))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     given = ["data=synthetic_video", f"paths.data_dir={data}", *small]
-    with pytest.raises(ConfigError, match=r"module.tta=mirror augments images, .* takes clips \[3, 4, 16, 16\]"):
+    with pytest.raises(
+        ConfigError, match=r"module.tta=mirror augments images, .* takes clips; .* its input is \[3, 4, 16, 16\]"
+    ):
         evaluate(eval_cfg(make_cfg, tmp_path, ckpt, "module.tta=mirror", *given))
     results = evaluate(eval_cfg(make_cfg, tmp_path, ckpt, *given, "data.test_clips=3", name="views"))
     assert results["tta"] == "none" and "test/clip_acc" in results

@@ -41,6 +41,7 @@ from trainer.checks import (
 )
 from trainer.finetune import FineTune
 from trainer.module import ClassificationModule, class_accuracies
+from trainer.tta import checkpoint_tta
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +217,10 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> p
 def eval_tta(cfg: DictConfig, ckpt: dict[str, Any], info: InferenceInfo) -> str:
     """``module.tta`` given to eval.py, else the checkpoint's run's; refused for nets that take clips."""
     given = (cfg.get("module") or {}).get("tta")
-    tta = given if given is not None else (ckpt["hyper_parameters"]["config"].get("module") or {}).get("tta", "none")
-    if tta != "none" and info.is_video:
-        raise ConfigError(
-            f"module.tta={tta} augments images, and {cfg.ckpt_path} takes clips {list(info.input_shape)}; test "
-            f"videos over more views instead: data.test_clips=<n> data.test_crops=3"
-        )
-    return tta
+    try:
+        return checkpoint_tta(given, ckpt["hyper_parameters"]["config"], clips=info.is_video, ckpt_path=cfg.ckpt_path)
+    except ValueError as e:
+        raise ConfigError(f"{e}; its input is {list(info.input_shape)}") from None
 
 
 def merge_data_config(stored: DictConfig, cfg: DictConfig) -> DictConfig:
