@@ -26,7 +26,7 @@ from trainer.export import export
 from trainer.run import evaluate, train
 
 STEP = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false",
-        "data.num_workers=0"]  # fmt: skip
+        "optimized_metric=null", "data.num_workers=0"]  # fmt: skip
 CLIP = ["data.num_frames=4", "data.frame_stride=1", "data.crop_size=16", "data.short_side=16", "data.test_clips=2",
         "data.test_crops=1", "data.batch_size=2", "data.val_size=1"]  # fmt: skip
 TINY_SYNTHETIC = ["data.train_per_class=1", "data.val_per_class=1", "data.test_per_class=1", "data.batch_size=4"]
