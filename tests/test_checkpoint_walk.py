@@ -78,7 +78,7 @@ def image_folder(data_dir: Path) -> list[str]:
 
 
 VIDEO_MODEL = ["model=cnn_lstm", "model.temporal.hidden_size=8"]
-SYNTHETIC = ["data=synthetic_video", *TINY_SYNTHETIC, "data.num_frames=4", "data.crop_size=16"]
+SYNTHETIC = ["data=synthetic_video", *TINY_SYNTHETIC]
 MULTI_DIGITS = ["data=multi_digits", "data.canvas_size=16", "data.digit_size=8", "data.objects=2",
                 "data.train_canvases=4", "data.val_canvases=2", "data.test_canvases=2"]  # fmt: skip
 
@@ -88,7 +88,7 @@ DATA: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "cifar10": (cifar10, ["data=cifar10"]),
     "image_folder": (image_folder, ["data=image_folder"]),
     "multi_digits": (no_data, MULTI_DIGITS),
-    "synthetic_video": (no_data, [*SYNTHETIC, *VIDEO_MODEL]),
+    "synthetic_video": (no_data, [*SYNTHETIC, "data.num_frames=4", "data.crop_size=16", *VIDEO_MODEL]),
     "video_folder": (
         lambda d: [
             f"data.root={make_video_folder(d / 'videos', {'a': 3, 'b': 3}, num_frames=6)}",
@@ -117,6 +117,9 @@ IMAGE_MODELS = ["lenet", "resnet", "vgg", "airbench", "timm"]
 VIDEO_MODELS = ["cnn_lstm", "cnn_gru", "r3d", "r2plus1d", "mc3", "c3d", "i3d", "i3d_r50", "slowfast", "x3d", "tsm",
                 "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b"]  # fmt: skip
 MODEL_SIZES = {"airbench": ["model.backbone.widths=[4,8,8]"], "timm": ["model.backbone.name=resnet10t"]}
+# One step of the recipe (lr 0.01, warmup_epochs=2 of a 1-epoch run) on 2 clips of 4x16x16 blows R(2+1)D's stem up
+# (weights ~1e3, NaN logits; still at lr 1e-3), which the export check rightly refuses; a tiny lr keeps it finite.
+TAME = {"ucf101_r2plus1d": ["optimizer.lr=1e-6"]}
 FAST = {"experiment/video_synthetic", "data/digits", "data/cifar10"}
 
 
@@ -124,13 +127,18 @@ def cases() -> list:
     """(id, write the data, train overrides, whether eval.py must be given the data config)."""
     found = []
     for name, (write_data, overrides) in sorted(EXPERIMENTS.items()):
-        found.append((f"experiment/{name}", lambda d, w=write_data: w(d) and [], [f"experiment={name}", *overrides]))
+        tame = TAME.get(name, [])
+        found.append(
+            (f"experiment/{name}", lambda d, w=write_data: w(d) and [], [f"experiment={name}", *overrides, *tame])
+        )
     for name, (write_data, overrides) in DATA.items():
         found.append((f"data/{name}", write_data, overrides))
     for name in IMAGE_MODELS:
         found.append((f"model/{name}", no_data, [f"model={name}", *MODEL_SIZES.get(name, [])]))
     for name in VIDEO_MODELS:
-        found.append((f"model/{name}", no_data, [*SYNTHETIC, f"model={name}"]))
+        frames, crop = (8, 32) if name in ("s3d", "i3d_r50") else (4, 16)  # their strides need 8 frames, 32 px
+        clips = [f"data.num_frames={frames}", f"data.crop_size={crop}"]
+        found.append((f"model/{name}", no_data, [*SYNTHETIC, *clips, f"model={name}"]))
     return [pytest.param(*c, id=c[0], marks=() if c[0] in FAST else pytest.mark.slow) for c in found]
 
 
@@ -142,11 +150,11 @@ def test_every_experiment_data_and_model_option_is_walked():
 
 
 def inputs_for(data_dir: Path, tmp_path: Path, *, video: bool) -> Path:
-    """A file list of two of the run's own videos, or a folder of two images."""
+    """A file list of two of the run's own videos (CSV: names may hold spaces), or a folder of two images."""
     if video:
         files = sorted(p for p in data_dir.rglob("*") if p.suffix in VIDEO_EXT)[:2]
-        listing = tmp_path / "inputs.txt"
-        listing.write_text("".join(f"{p}\n" for p in files))
+        listing = tmp_path / "inputs.csv"
+        listing.write_text("path\n" + "".join(f"{p}\n" for p in files))
         return listing
     folder = tmp_path / "inputs"
     folder.mkdir()
