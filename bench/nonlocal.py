@@ -1,7 +1,7 @@
 """Non-local block vs the plain einsum reference (tests/test_nonlocal.py) as N = T*H*W grows.
 
-    python bench/nonlocal.py                        # 3D maps, embedded_gaussian, CPU (or --device cuda)
-    python bench/nonlocal.py --mode concatenation --sizes 8 12 16 20
+    python -m bench.nonlocal                        # 3D maps, embedded_gaussian, CPU (or --device cuda)
+    python -m bench.nonlocal --mode concatenation --sizes 8 12 16 20
 
 Each (implementation, N) runs in a fresh process so that peak memory is its own: the peak resident set
 growth on CPU (``ru_maxrss``), ``max_memory_allocated`` on CUDA. Forward pass without gradients; time is
@@ -25,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere: models/ lives at the root
+from models.nonlocal_block import NonLocalBlock
 
-from models.nonlocal_block import NonLocalBlock  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # each child runs as `python -m bench.nonlocal` from here
 
 
 def conv1x1(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +130,8 @@ def main() -> None:
     for impl in ("block", "reference"):
         for size in args.sizes:
             out = subprocess.run(
-                [sys.executable, __file__, *passthrough, "--child", impl, str(size)],
+                [sys.executable, "-m", "bench.nonlocal", *passthrough, "--child", impl, str(size)],
+                cwd=ROOT,
                 capture_output=True,
                 text=True,
                 check=True,

@@ -273,6 +273,16 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
     return targets
 
 
+def dataset_files(dataset: Dataset) -> list | None:
+    """The ``(path, label)`` list a file-reading dataset reads from: ``ImageFileDataset.samples``,
+    ``VideoClipDataset.videos``; None for datasets held in memory."""
+    for name in ("samples", "videos"):
+        items = getattr(dataset, name, None)
+        if isinstance(items, list):
+            return items
+    return None
+
+
 class ArrayDataset(Dataset):
     """Images held in memory as one uint8 array ``(N, H, W, C)`` with integer labels."""
 

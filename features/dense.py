@@ -27,6 +27,7 @@ import bisect
 import csv
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import StringIO
@@ -36,13 +37,15 @@ from typing import Any
 import av
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.video.decode import VideoReadError
 from features.embed import Embedder, embed_numpy
 from features.inputs import Source
-from features.plans import Guarded, probe_loader
+from features.plans import Guarded, Preprocessing, Reading, probe_loader
+from features.shards import even_items, shard_desc, shard_dir
 from features.store import DTYPES, fingerprint, resumed_state, write_atomic
 from runs.atomic import atomic_open
 
@@ -412,3 +415,131 @@ def fill_dense(
                 for layer, store in stores.items():
                     store.write(todo[v], np.concatenate(pending[layer]), dtype)
                 pending = {layer: [] for layer in stores}
+
+
+# --- the mode's parts (features/modes.py) ----------------------------------------------------------------
+
+
+def extract_dense(
+    cfg: DictConfig,
+    reading: Reading,
+    embedder: Embedder,
+    settings: dict[str, dict[str, Any]],
+    dirs: dict[str, Path],
+    *,
+    shard: tuple[int, int] | None,
+    device: torch.device,
+    half: bool,
+) -> dict[str, dict[str, Any]]:
+    """Windows covering each video, ``<store>/<video>.npy`` per video and layer."""
+    kind, sources, prep = reading.kind, reading.sources, reading.prep
+    if kind != "videos":
+        raise ValueError(f"mode=dense covers videos with windows; {cfg.input} holds {kind} (use mode=clips)")
+    if cfg.boxes is not None:
+        raise ValueError("boxes= (ROI tubes) gives one vector per box per clip: use mode=clips with boxes")
+    spec = window_spec(cfg, prep)
+    check_unique_outputs(sources)
+    items = even_items(len(sources), shard)
+    videos, failures = plan_videos(sources, items, spec, num_workers=cfg.num_workers)
+    index = dense_index(videos)
+    shapes = embedder.probe((3, spec.stack, prep.crop_size, prep.crop_size), boxes=False)
+    stores = {
+        layer: DenseStore.open(
+            dirs[layer],
+            meta_dir=shard_dir(dirs[layer], shard),
+            index=index,
+            videos=videos,
+            failures=[dict(f) for f in failures],
+            settings=settings[layer],
+            dim=shapes[layer][0],
+            dtype=cfg.dtype,
+            shard=shard,
+            resume=cfg.resume,
+        )
+        for layer in embedder.layers
+    }
+    windows = sum(len(v.windows) for v in videos)
+    log.info(
+        "%s: %d videos -> %d windows of %d frames every %d", cfg.input, len(videos), windows, spec.stack, spec.step
+    )
+    fill_dense(
+        stores,
+        embedder,
+        videos,
+        dataset_args={
+            "chunk": cfg.batch_size,
+            "short_side": prep.short_side,
+            "crop_size": prep.crop_size,
+            "transform": prep.transform,
+        },
+        dtype=cfg.dtype,
+        device=device,
+        half=half,
+        num_workers=cfg.num_workers,
+        progress=cfg.progress,
+        desc=shard_desc(shard),
+    )
+    return {
+        layer: {
+            **settings[layer],
+            "rows": windows,
+            "videos": len(videos),
+            "dim": shapes[layer][0],
+            "map_shape": shapes[layer][1],
+            "failures": len(store.state["failures"]),
+        }
+        for layer, store in stores.items()
+    }
+
+
+def window_spec(cfg: DictConfig, prep: Preprocessing) -> WindowSpec:
+    """``stack`` defaults to the net's clip length (``data.num_frames``), ``step`` to ``stack`` (no overlap)."""
+    stack = int(cfg.stack) if cfg.stack is not None else prep.num_frames
+    step = int(cfg.step) if cfg.step is not None else stack
+    return WindowSpec(stack=stack, step=step, fps=cfg.fps, keep_partial=bool(cfg.keep_partial))
+
+
+def check_unique_outputs(sources: list[Source]) -> None:
+    seen: dict[Path, str] = {}
+    for s in sources:
+        target = npy_path(Path(), s.rel)
+        if target in seen:
+            raise ValueError(
+                f"{seen[target]} and {s.rel} would both write {target}; rename one (mode=dense names each "
+                "video's file by its path without the extension)"
+            )
+        seen[target] = s.rel
+
+
+def merge_dense(store: Path, shards: list[dict[str, Any]], index: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The shards wrote their videos' files into ``store`` itself: every one must be there."""
+    rows = list(csv.DictReader(StringIO(index)))
+    absent = [r["path"] for r in rows if not npy_path(store, r["path"]).is_file()]
+    if absent:
+        raise ValueError(f"{store}: {absent[0]} has no features file; rerun its shard to finish it")
+    state = {**state, "failures": sorted(state["failures"], key=lambda f: f["item"])}
+    write_atomic(store / "failures.csv", failures_text(state["failures"]))
+    return state
+
+
+def dense_features(folder: Path, index: list[dict[str, str]]) -> np.ndarray:
+    """The windows of a dense extraction's per-video files, stacked in index order; the windows of a video
+    that failed to decode (failures.csv) are NaN."""
+    failed = set()
+    if (folder / "failures.csv").is_file():
+        with (folder / "failures.csv").open(newline="") as f:
+            failed = {r["path"] for r in csv.DictReader(f)}
+    windows = Counter(r["path"] for r in index)
+    blocks, dim = [], None
+    for path, count in windows.items():
+        file = npy_path(folder, path)
+        if file.is_file():
+            blocks.append(np.load(file))
+            dim = blocks[-1].shape[1]
+        elif path in failed:
+            blocks.append(count)
+        else:
+            raise FileNotFoundError(f"{file} not found: the dense extraction is unfinished (rerun it to resume)")
+    if dim is None:
+        raise ValueError(f"{folder}: every video failed; see failures.csv")
+    return np.concatenate([np.full((b, dim), np.nan, np.float32) if isinstance(b, int) else b for b in blocks])

@@ -17,36 +17,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.transforms import Pipeline
-from features.dense import DenseStore, WindowSpec, dense_index, fill_dense, npy_path, plan_videos
-from features.embed import POOLED, POOLS, Embedder, embed_numpy
-from features.inputs import Source, list_sources
+from features.dense import window_spec
+from features.embed import POOLED, POOLS, Embedder
+from features.inputs import list_sources
+from features.modes import MODES
 from features.plans import (
-    Guarded,
     Plan,
     Preprocessing,
+    Reading,
     box_plan,
-    collate_items,
     image_plan,
     video_box_plan,
     video_plan,
 )
-from features.shards import batch_items, even_items, parse_shard, shard_dir
-from features.store import FeatureStore, write_atomic, write_video_means
-from runs.checkpoint import load_checkpoint, stored_config
+from features.shards import parse_shard, shard_dir
+from features.splits import is_dataset, split_plan
+from features.store import write_atomic
+from nets.build import build_net, net_from_checkpoint
+from nets.stored import load_checkpoint, stored_config
 from runs.inference_info import InferenceInfo, inference_info
-from trainer.build import build_net, net_from_checkpoint
 
 log = logging.getLogger(__name__)
-MODES = ("clips", "dense")
 PRECISIONS = ("auto", "32", "16")
 
 
@@ -58,10 +55,25 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
         return merge_output(cfg.output)[0]
     start_time = time.perf_counter()
     if cfg.mode not in MODES:
-        raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {MODES}")
+        raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {tuple(MODES)}")
     net, stored, info = load_net(cfg)
-    prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt, info)
-    kind, sources = list_sources(cfg.input, kind=cfg.kind)
+    if is_dataset(cfg.data):  # data=<group> split=<split>: the DataModule lists, decodes and transforms
+        if cfg.mode != "clips" or cfg.boxes is not None:
+            raise ValueError(
+                f"data=<group> extracts one row per sample (mode=clips, no boxes=); mode={cfg.mode} and boxes= "
+                "read raw files: give input=<folder or file list> instead"
+            )
+        kind, plan, clips, common = split_plan(cfg.data, cfg.split, stored)
+        common = {**common, **net_settings(cfg, stored)}
+        reading = Reading(kind, f"{cfg.data._target_} split={cfg.split}", plan=plan, clips=clips)
+    else:
+        if cfg.input is None:
+            raise ValueError("give input=<folder or file list>, or data=<group> split=train|val|test")
+        prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt, info)
+        kind, sources = list_sources(cfg.input, kind=cfg.kind)
+        common = run_settings(cfg, kind, prep, stored)
+        plan = make_plan(cfg, kind, sources, prep) if cfg.mode == "clips" else None
+        reading = Reading(kind, str(cfg.input), sources=sources, prep=prep, plan=plan, clips=prep.test_clips)
     layers, pools = resolve_layers(cfg, net)
     shard = parse_shard(cfg.shard)
     device = resolve_device(cfg.device)
@@ -73,12 +85,11 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
         roi_sampling_ratio=cfg.roi.sampling_ratio,
     )
     embedder = embedder.to(device).eval()
-    common = run_settings(cfg, kind, prep, stored)
     settings = {layer: {**common, "layer": layer, "pool": embedder.pools[layer]} for layer in layers}
     out = Path(cfg.output)
     dirs = {layer: out / layer if cfg.layers is not None else out for layer in layers}
-    run = extract_dense if cfg.mode == "dense" else extract_rows
-    metas = run(cfg, kind, sources, prep, embedder, settings, dirs, shard=shard, device=device)
+    half = use_half(cfg.precision, device)
+    metas = MODES[cfg.mode].extract(cfg, reading, embedder, settings, dirs, shard=shard, device=device, half=half)
     seconds = round(time.perf_counter() - start_time, 3)
     for layer, meta in metas.items():
         meta.update(seconds=seconds, video_mean=bool(cfg.video_mean), layers=layers)
@@ -87,172 +98,6 @@ def extract(cfg: DictConfig) -> dict[str, Any]:
     if first["failures"]:
         log.warning("%d rows could not be read; see failures.csv in %s", first["failures"], out)
     return first
-
-
-def extract_rows(
-    cfg: DictConfig,
-    kind: str,
-    sources: list[Source],
-    prep: Preprocessing,
-    embedder: Embedder,
-    settings: dict[str, dict[str, Any]],
-    dirs: dict[str, Path],
-    *,
-    shard: tuple[int, int] | None,
-    device: torch.device,
-) -> dict[str, dict[str, Any]]:
-    """One row per image, clip or box (``mode=clips``): one FeatureStore per layer."""
-    plan = make_plan(cfg, kind, sources, prep)
-    shapes = embedder.probe(plan.sample_shape, boxes=cfg.boxes is not None)
-    items = batch_items(plan.num_items, cfg.batch_size, shard)
-    stores = {
-        layer: FeatureStore.open(
-            shard_dir(dirs[layer], shard),
-            plan,
-            dim=shapes[layer][0],
-            dtype=cfg.dtype,
-            settings=settings[layer],
-            resume=cfg.resume,
-            items=items,
-            shard=shard,
-        )
-        for layer in embedder.layers
-    }
-    first = stores[embedder.layers[0]]
-    log.info(
-        "%s: %d %s -> %d rows (items %d..%d) x %s (%s) in %s; %d items done",
-        cfg.input,
-        len(sources),
-        kind,
-        plan.num_rows,
-        items.start,
-        items.stop,
-        {layer: shape[0] for layer, shape in shapes.items()},
-        cfg.dtype,
-        cfg.output,
-        first.done_items - items.start,
-    )
-    fill(
-        stores,
-        embedder,
-        plan,
-        items,
-        device=device,
-        half=use_half(cfg.precision, device),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        progress=cfg.progress,
-        unit="clip" if kind == "videos" else "img",
-        desc=shard_desc(shard),
-    )
-    metas = {}
-    for layer, store in stores.items():
-        store.write_failures()
-        if kind == "videos" and cfg.video_mean and cfg.boxes is None and shard is None:
-            write_video_means(store.out, plan.index, store.features, clips=prep.test_clips)
-        metas[layer] = {
-            **settings[layer],
-            "rows": len(store.features),
-            "dim": shapes[layer][0],
-            "map_shape": shapes[layer][1],
-            "failures": len(store.state["failures"]),
-        }
-    return metas
-
-
-def extract_dense(
-    cfg: DictConfig,
-    kind: str,
-    sources: list[Source],
-    prep: Preprocessing,
-    embedder: Embedder,
-    settings: dict[str, dict[str, Any]],
-    dirs: dict[str, Path],
-    *,
-    shard: tuple[int, int] | None,
-    device: torch.device,
-) -> dict[str, dict[str, Any]]:
-    """``mode=dense``: windows covering each video, ``<store>/<video>.npy`` per video and layer."""
-    if kind != "videos":
-        raise ValueError(f"mode=dense covers videos with windows; {cfg.input} holds {kind} (use mode=clips)")
-    if cfg.boxes is not None:
-        raise ValueError("boxes= (ROI tubes) gives one vector per box per clip: use mode=clips with boxes")
-    spec = window_spec(cfg, prep)
-    check_unique_outputs(sources)
-    items = even_items(len(sources), shard)
-    videos, failures = plan_videos(sources, items, spec, num_workers=cfg.num_workers)
-    index = dense_index(videos)
-    shapes = embedder.probe((3, spec.stack, prep.crop_size, prep.crop_size), boxes=False)
-    stores = {
-        layer: DenseStore.open(
-            dirs[layer],
-            meta_dir=shard_dir(dirs[layer], shard),
-            index=index,
-            videos=videos,
-            failures=[dict(f) for f in failures],
-            settings=settings[layer],
-            dim=shapes[layer][0],
-            dtype=cfg.dtype,
-            shard=shard,
-            resume=cfg.resume,
-        )
-        for layer in embedder.layers
-    }
-    windows = sum(len(v.windows) for v in videos)
-    log.info(
-        "%s: %d videos -> %d windows of %d frames every %d", cfg.input, len(videos), windows, spec.stack, spec.step
-    )
-    fill_dense(
-        stores,
-        embedder,
-        videos,
-        dataset_args={
-            "chunk": cfg.batch_size,
-            "short_side": prep.short_side,
-            "crop_size": prep.crop_size,
-            "transform": prep.transform,
-        },
-        dtype=cfg.dtype,
-        device=device,
-        half=use_half(cfg.precision, device),
-        num_workers=cfg.num_workers,
-        progress=cfg.progress,
-        desc=shard_desc(shard),
-    )
-    return {
-        layer: {
-            **settings[layer],
-            "rows": windows,
-            "videos": len(videos),
-            "dim": shapes[layer][0],
-            "map_shape": shapes[layer][1],
-            "failures": len(store.state["failures"]),
-        }
-        for layer, store in stores.items()
-    }
-
-
-def window_spec(cfg: DictConfig, prep: Preprocessing) -> WindowSpec:
-    """``stack`` defaults to the net's clip length (``data.num_frames``), ``step`` to ``stack`` (no overlap)."""
-    stack = int(cfg.stack) if cfg.stack is not None else prep.num_frames
-    step = int(cfg.step) if cfg.step is not None else stack
-    return WindowSpec(stack=stack, step=step, fps=cfg.fps, keep_partial=bool(cfg.keep_partial))
-
-
-def check_unique_outputs(sources: list[Source]) -> None:
-    seen: dict[Path, str] = {}
-    for s in sources:
-        target = npy_path(Path(), s.rel)
-        if target in seen:
-            raise ValueError(
-                f"{seen[target]} and {s.rel} would both write {target}; rename one (mode=dense names each "
-                "video's file by its path without the extension)"
-            )
-        seen[target] = s.rel
-
-
-def shard_desc(shard: tuple[int, int] | None) -> str | None:
-    return None if shard is None else f"shard {shard[0]}/{shard[1]}"
 
 
 def resolve_layers(cfg: DictConfig, net: nn.Module) -> tuple[list[str], dict[str, str]]:
@@ -386,17 +231,13 @@ def make_plan(cfg: DictConfig, kind: str, sources: list, prep: Preprocessing) ->
 
 
 def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[str, Any]) -> dict[str, Any]:
-    """What the features depend on: a resumed run must have the same (progress.json: their fingerprint)."""
-    ckpt = Path(cfg.ckpt_path).resolve() if cfg.get("ckpt_path") else None
-    model = stored.get("model") if ckpt else OmegaConf.to_container(cfg.model, resolve=True)
+    """What the features of a raw input depend on: a resumed run must have the same (progress.json: their
+    fingerprint)."""
     prep_values = {k: v for k, v in vars(prep).items() if k != "transform"}
     return {
         "input": str(Path(cfg.input).resolve()),
         "kind": kind,
-        "ckpt_path": str(ckpt) if ckpt else None,
-        "ckpt_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
-        "model": model,
-        "mode": cfg.mode,
+        **net_settings(cfg, stored),
         "windows": vars(window_spec(cfg, prep)) if cfg.mode == "dense" else None,
         "boxes": str(Path(cfg.boxes).resolve()) if cfg.boxes is not None else None,
         "roi": OmegaConf.to_container(cfg.roi) if cfg.boxes is not None else None,
@@ -404,62 +245,12 @@ def run_settings(cfg: DictConfig, kind: str, prep: Preprocessing, stored: dict[s
     }
 
 
-# --- the loop -----------------------------------------------------------------------------------------------
-
-
-def fill(
-    stores: dict[str, FeatureStore],
-    embedder: Embedder,
-    plan: Plan,
-    items: range,
-    *,
-    device: torch.device,
-    half: bool,
-    batch_size: int,
-    num_workers: int,
-    progress: bool,
-    unit: str,
-    desc: str | None = None,
-) -> None:
-    """Decode, embed and write the ``items`` not done yet, saving progress after every batch.
-
-    Batches start at ``items.start`` plus multiples of ``batch_size`` whether or not a run was resumed (and
-    shards start on batch boundaries), so a resumed or sharded run computes exactly the batches an
-    uninterrupted single run would (same batch size: byte-identical features). Layer stores resume from
-    the one that lags; the others skip the batches they hold.
-    """
-    start = min(store.done_items for store in stores.values())
-    if start >= items.stop:
-        log.info("%s is complete; nothing to do", ", ".join(str(s.out) for s in stores.values()))
-        return
-    loader = DataLoader(
-        Guarded(plan.dataset, start=start, stop=items.stop),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_items,
-        pin_memory=device.type == "cuda",
-    )
-    with tqdm(
-        total=len(items),
-        initial=start - items.start,
-        unit=unit,
-        disable=not progress,
-        dynamic_ncols=True,
-        desc=desc,
-    ) as bar:
-        try:
-            for batch in loader:
-                feats = {}
-                if batch["input"] is not None:
-                    feats = embed_numpy(embedder, batch["input"], batch.get("boxes"), device=device, half=half)
-                for layer, store in stores.items():
-                    empty = np.zeros((0, store.features.shape[1]), np.float32)
-                    store.write(batch["items"], feats.get(layer, empty), batch["errors"], batch["end"])
-                bar.update(len(batch["items"]) + len(batch["errors"]))
-        except KeyboardInterrupt:
-            log.warning(
-                "interrupted after %d of %d items; rerun the same command to resume",
-                min(store.done_items for store in stores.values()) - items.start,
-                len(items),
-            )
-            raise
+def net_settings(cfg: DictConfig, stored: dict[str, Any]) -> dict[str, Any]:
+    """The net behind the features: its checkpoint (and when it was written) or its model config."""
+    ckpt = Path(cfg.ckpt_path).resolve() if cfg.get("ckpt_path") else None
+    return {
+        "ckpt_path": str(ckpt) if ckpt else None,
+        "ckpt_mtime_ns": ckpt.stat().st_mtime_ns if ckpt else None,
+        "model": stored.get("model") if ckpt else OmegaConf.to_container(cfg.model, resolve=True),
+        "mode": cfg.mode,
+    }

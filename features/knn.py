@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from sklearn.model_selection import StratifiedGroupKFold
 
-from features.dense import npy_path
+from features.modes import stored_mode
 
 DEFAULTS = {"features": "???", "k": 20, "folds": 5, "vote": "weighted", "temperature": 0.07, "seed": 0}
 VOTES = ("weighted", "majority")
@@ -114,19 +113,15 @@ def knn_accuracy(
 def load_feature_set(folder: str | Path) -> tuple[np.ndarray, list[str], list[str], int]:
     """Features, labels and paths of an extraction folder's labelled, readable rows; rows left out.
 
-    A dense extraction (``mode=dense``: one ``<video>.npy`` per video) reads as its windows in index order.
+    Read through the extraction's mode (features/modes.py): a dense one (one ``<video>.npy`` per video) reads as
+    its windows in index order.
     """
     folder = Path(folder)
     if not (folder / "index.csv").is_file():
         raise FileNotFoundError(f"{folder / 'index.csv'} not found; features= must be an output folder of extract.py")
     with (folder / "index.csv").open(newline="") as f:
         index = list(csv.DictReader(f))
-    if (folder / "features.npy").is_file():
-        features = np.load(folder / "features.npy", mmap_mode="r")
-    elif index and "window" in index[0]:
-        features = dense_features(folder, index)
-    else:
-        raise FileNotFoundError(f"{folder / 'features.npy'} not found; features= must be an extract.py output folder")
+    features = stored_mode(folder).read(folder, index)
     if len(index) != len(features):
         raise ValueError(f"{folder}: index.csv has {len(index)} rows but the features {len(features)}")
     finite = np.isfinite(np.asarray(features, dtype=np.float32)).all(1)
@@ -140,29 +135,6 @@ def load_feature_set(folder: str | Path) -> tuple[np.ndarray, list[str], list[st
         [index[i]["path"] for i in keep],
         len(index) - len(keep),
     )
-
-
-def dense_features(folder: Path, index: list[dict[str, str]]) -> np.ndarray:
-    """The windows of a dense extraction's per-video files, stacked in index order; the windows of a video
-    that failed to decode (failures.csv) are NaN."""
-    failed = set()
-    if (folder / "failures.csv").is_file():
-        with (folder / "failures.csv").open(newline="") as f:
-            failed = {r["path"] for r in csv.DictReader(f)}
-    windows = Counter(r["path"] for r in index)
-    blocks, dim = [], None
-    for path, count in windows.items():
-        file = npy_path(folder, path)
-        if file.is_file():
-            blocks.append(np.load(file))
-            dim = blocks[-1].shape[1]
-        elif path in failed:
-            blocks.append(count)
-        else:
-            raise FileNotFoundError(f"{file} not found: the dense extraction is unfinished (rerun it to resume)")
-    if dim is None:
-        raise ValueError(f"{folder}: every video failed; see failures.csv")
-    return np.concatenate([np.full((b, dim), np.nan, np.float32) if isinstance(b, int) else b for b in blocks])
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from features.dense import failures_text, npy_path
+from features.modes import MODES
 from features.shards import SHARD_DIR
 from features.store import fingerprint, write_atomic, write_video_means
 
@@ -97,22 +97,8 @@ def merge_store(store: Path, folders: list[Path]) -> dict[str, Any]:
     index = merged_index(folders)
     failures = [f for s in shards for f in s["state"]["failures"]]
     key = fingerprint({**settings, "dim": dim, "dtype": dtype}, index)
-    if settings.get("mode") == "dense":
-        rows = list(csv.DictReader(StringIO(index)))
-        absent = [r["path"] for r in rows if not npy_path(store, r["path"]).is_file()]
-        if absent:
-            raise ValueError(f"{store}: {absent[0]} has no features file; rerun its shard to finish it")
-        state = {"fingerprint": key, "settings": settings, "failures": sorted(failures, key=lambda f: f["item"])}
-        write_atomic(store / "failures.csv", failures_text(state["failures"]))
-    else:
-        total = sum(s["state"]["shard"]["items"][1] - s["state"]["shard"]["items"][0] for s in shards)
-        merge_features(store / "features.npy", [f / "features.npy" for f in folders], dim=dim)
-        state = {"fingerprint": key, "settings": settings, "done_items": total, "failures": failures}
-        buf = StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["row", "path", "error"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(failures)
-        write_atomic(store / "failures.csv", buf.getvalue())
+    mode = MODES[settings.get("mode") or "clips"]
+    state = mode.merge(store, shards, index, {"fingerprint": key, "settings": settings, "failures": failures})
     write_atomic(store / "index.csv", index)
     write_atomic(store / "progress.json", json.dumps(state, indent=1))
     metas = [s["meta"] for s in shards]
@@ -125,7 +111,7 @@ def merge_store(store: Path, folders: list[Path]) -> dict[str, Any]:
     }
     if "videos" in meta:
         meta["videos"] = sum(m["videos"] for m in metas)
-    clip_rows = settings.get("kind") == "videos" and settings.get("mode") != "dense" and settings.get("boxes") is None
+    clip_rows = settings.get("kind") == "videos" and mode.clip_rows and settings.get("boxes") is None
     if clip_rows and meta.get("video_mean"):
         features = np.load(store / "features.npy", mmap_mode="r")
         rows = list(csv.DictReader(StringIO(index)))
@@ -134,21 +120,6 @@ def merge_store(store: Path, folders: list[Path]) -> dict[str, Any]:
     for folder in folders:
         shutil.rmtree(folder)
     return meta
-
-
-def merge_features(target: Path, parts: list[Path], *, dim: int, chunk: int = 65536) -> None:
-    """Concatenates the shards' features.npy into ``target`` (the same header np.lib.format writes for a
-    single run), streaming ``chunk`` rows at a time."""
-    arrays = [np.load(p, mmap_mode="r") for p in parts]
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=arrays[0].dtype, shape=(sum(len(a) for a in arrays), dim))
-    row = 0
-    for a in arrays:
-        for lo in range(0, len(a), chunk):
-            block = a[lo : lo + chunk]
-            out[row : row + len(block)] = block
-            row += len(block)
-    out.flush()
-    del out
 
 
 def main(argv: list[str]) -> list[dict[str, Any]]:

@@ -74,6 +74,19 @@ class Plan:
         return len(self.offsets) - 1
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What an extraction reads: ``kind`` (images | videos) and a name for the log; raw files (``sources`` and
+    their ``prep``aration) and/or the ``plan`` of rows (mode=clips), ``clips`` rows per video."""
+
+    kind: str
+    name: str
+    sources: list[Source] | None = None
+    prep: Preprocessing | None = None
+    plan: Plan | None = None
+    clips: int = 1
+
+
 # --- plans --------------------------------------------------------------------------------------------------
 
 

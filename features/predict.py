@@ -2,7 +2,7 @@
 probabilities and writes them to a CSV.
 
 Flow: the checkpoint's net, eval preprocessing, class names and test-time augmentation (features/extract.py's
-``checkpoint_net`` and ``resolve_preprocessing``, runs/inference_info.py, trainer/tta.py) -> the input listing of
+``checkpoint_net`` and ``resolve_preprocessing``, runs/inference_info.py, nets/tta.py) -> the input listing of
 extract.py (features/inputs.py: one image or video, a folder, a file list) -> batches decoded by loader workers
 -> logits (images: under ``tta``; videos: summed over ``test_clips`` x ``test_crops`` views, as eval.py scores
 videos) -> softmax -> top-k. An unreadable file gets an ``error`` instead of classes; the others go on.
@@ -25,8 +25,8 @@ from data.video.sampling import ClipSampler
 from features.extract import checkpoint_net, resolve_device, resolve_preprocessing
 from features.inputs import Source, list_sources
 from features.plans import Guarded, ImageItems, Preprocessing, collate_items
+from nets.tta import checkpoint_tta, tta_logits
 from runs.atomic import atomic_open
-from trainer.tta import checkpoint_tta, tta_logits
 
 log = logging.getLogger(__name__)
 

@@ -196,6 +196,11 @@ def pixel_rows(folder: Path, paths: list[str]) -> np.ndarray:
     settings = json.loads((folder / "meta.json").read_text())
     if settings.get("kind") != "images" or settings.get("boxes") is not None:
         raise ValueError(f"baseline=pixels needs a whole-image extraction; {folder} holds {settings.get('kind')} rows")
+    if settings.get("input") is None:
+        raise ValueError(
+            f"baseline=pixels reads the image files of an input=<folder> extraction; {folder} was read through "
+            f"data={settings.get('data', {}).get('_target_')}: extract its files with input=<folder> for a baseline"
+        )
     root = Path(settings["input"])
     root = root if root.is_dir() else root.parent  # a file list's paths are relative to its folder
     size = settings["preprocessing"]["image_size"]

@@ -46,3 +46,7 @@ def even_items(num_items: int, shard: tuple[int, int] | None) -> range:
         return range(num_items)
     i, n = shard
     return range(num_items * i // n, num_items * (i + 1) // n)
+
+
+def shard_desc(shard: tuple[int, int] | None) -> str | None:
+    return None if shard is None else f"shard {shard[0]}/{shard[1]}"

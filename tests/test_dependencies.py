@@ -51,3 +51,34 @@ def test_every_third_party_import_is_a_declared_dependency():
         if not dists & declared:
             missing[module] = (where, sorted(dists))
     assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+
+
+# What each package of the project may import from the others (docs/design.md, "Dependency direction").
+MAY_IMPORT = {
+    "models": set(),
+    "data": set(),
+    "runs": set(),
+    "weights": {"models"},
+    "nets": {"models", "data", "weights"},
+    "sweeps": {"runs"},
+    "features": {"nets", "models", "data", "runs"},
+    "trainer": {"nets", "models", "data", "runs", "sweeps", "weights"},
+}
+
+
+def test_packages_import_only_down_the_design_picture():
+    wrong = []
+    for package, allowed in MAY_IMPORT.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in MAY_IMPORT and top != package and top not in allowed:
+                        wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, wrong  # e.g. features/ never imports trainer/: both build nets through nets/

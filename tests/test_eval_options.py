@@ -6,12 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from runs.checkpoint import load_checkpoint, stored_config
+from nets.build import net_from_checkpoint
+from nets.stored import load_checkpoint, stored_config
+from nets.tta import tta_logits
 from tests.conftest import run_script
-from trainer.build import net_from_checkpoint
 from trainer.checks import ConfigError
 from trainer.run import build_datamodule, evaluate, train
-from trainer.tta import tta_logits
 
 
 @pytest.fixture
@@ -57,7 +57,8 @@ def test_eval_refuses_keys_it_does_not_use(make_cfg, tmp_path, override, named):
 
 
 def test_eval_py_rejects_an_unknown_tta_mode_by_name(tmp_path):
-    proc = run_script("eval.py", f"ckpt_path={tmp_path}/x.ckpt", "module.tta=flip", check=False)
+    proc = run_script("eval.py", f"ckpt_path={tmp_path}/x.ckpt", "module.tta=flip", f"hydra.run.dir={tmp_path / 'e'}",
+                      check=False)  # fmt: skip
     assert proc.returncode != 0 and "module.tta='flip' must be one of" in proc.stderr
 
 

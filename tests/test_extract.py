@@ -20,9 +20,9 @@ from data.video.sampling import ClipSampler
 from features.extract import extract
 from features.knn import knn_accuracy, load_feature_set
 from features.store import FeatureStore
+from nets.build import build_net
 from tests.conftest import run_script
 from tests.video_utils import make_video_folder
-from trainer.build import build_net
 from trainer.run import train
 
 DIGIT_STATS = ["data.mean=[0.2,0.2,0.2]", "data.std=[0.35,0.35,0.35]", "data.image_size=32"]
@@ -332,3 +332,88 @@ def test_extract_bench_prints_both_ratios(monkeypatch, capsys):
     assert [line.split(":")[0] for line in lines] == ["images", "videos"], lines
     assert "8 images" in lines[0] and "3 clips" in lines[1]
     assert all(float(line.rsplit("ratio=", 1)[1]) > 0 for line in lines)
+
+
+# --- data=<group> split=...: the DataModule's own listing, decoding, eval transform and labels ----------------
+
+
+def test_a_configured_dataset_split_is_extracted_through_its_datamodule(make_cfg, tmp_path):
+    from data.digits import DigitsDataModule
+
+    out = tmp_path / "split"
+    cfg = make_cfg(
+        "model=lenet",
+        "data=digits",
+        "split=val",
+        f"output={out}",
+        "num_workers=0",
+        "progress=false",
+        config_name="extract",
+        output_dir=tmp_path / "hydra",
+    )
+    torch.manual_seed(0)
+    meta = extract(cfg)
+    # The same split as training reads it: DigitsDataModule's own seeded split, eval transform, class names.
+    stats = {"mean": [0.2, 0.2, 0.2], "std": [0.35, 0.35, 0.35]}
+    transform = Pipeline(**stats)
+    datamodule = DigitsDataModule(val_size=0.1, test_size=0.2, eval_transform=transform, **stats)
+    val = datamodule.list_splits()[1]
+    rows = read_index(out)
+    assert meta["rows"] == len(rows) == len(val) == 180
+    assert [r["label"] for r in rows] == [datamodule.class_names[t] for t in val.targets]
+    assert [r["path"] for r in rows[:2]] == ["val/0", "val/1"]
+    torch.manual_seed(0)
+    net = build_net(cfg.model).eval()
+    with torch.no_grad():
+        expected = net.embed(torch.stack([val[i]["input"] for i in range(len(val))])).numpy()
+    assert np.allclose(np.load(out / "features.npy"), expected, atol=1e-5)
+
+
+def test_an_image_folder_dataset_extracts_as_its_raw_folder_does(make_cfg, tmp_path):
+    """A dataset format read by a DataModule (image_folder) gives the rows, labels and features of the same
+    files extracted as a raw folder."""
+    write_digits(tmp_path / "in" / "test", np.arange(0, 40, 3))
+    write_digits(tmp_path / "in" / "train", np.arange(1, 100, 3))
+    raw = lenet_digits(make_cfg, tmp_path, f"input={tmp_path / 'in' / 'test'}", out="raw")
+    split = lenet_digits(
+        make_cfg,
+        tmp_path,
+        "data=image_folder",
+        f"data.root={tmp_path / 'in'}",
+        "data.image_size=32",
+        "data.num_classes=1000",
+        "data.mean=[0.2,0.2,0.2]",
+        "data.std=[0.35,0.35,0.35]",
+        "input=null",
+        "split=test",
+        out="split",
+    )
+    assert raw["rows"] == split["rows"] == 14
+    raw_rows, split_rows = read_index(tmp_path / "raw"), read_index(tmp_path / "split")
+    assert [r["label"] for r in raw_rows] == [r["label"] for r in split_rows]
+    assert [r["path"] for r in split_rows] == [f"test/{r['path']}" for r in raw_rows]
+    assert np.allclose(np.load(tmp_path / "raw" / "features.npy"), np.load(tmp_path / "split" / "features.npy"))
+
+
+def test_raw_input_keys_a_datamodule_does_not_take_are_named(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "model=lenet",
+        "data=digits",
+        "data.num_frames=8",
+        f"output={tmp_path / 'o'}",
+        config_name="extract",
+        output_dir=tmp_path / "hydra",
+    )
+    with pytest.raises(ValueError, match=r"data\.num_frames=8 is not an option of data\.digits\.DigitsDataModule"):
+        extract(cfg)
+    with pytest.raises(ValueError, match="split='dev' is unknown"):
+        extract(
+            make_cfg(
+                "model=lenet",
+                "data=digits",
+                "split=dev",
+                f"output={tmp_path / 'o'}",
+                config_name="extract",
+                output_dir=tmp_path / "hydra",
+            )
+        )

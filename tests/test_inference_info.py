@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from features.extract import extract
-from runs.checkpoint import load_checkpoint
+from nets.stored import load_checkpoint
 from runs.compose import compose_config
 from runs.inference_info import INFERENCE_KEY, inference_info
 from tests.data_utils import write_cifar10

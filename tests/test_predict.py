@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from features.predict import predict
-from runs.checkpoint import load_checkpoint
+from nets.build import net_from_checkpoint
+from nets.stored import load_checkpoint
 from runs.compose import compose_config
 from tests.conftest import run_script
 from tests.data_utils import write_cifar10
-from trainer.build import net_from_checkpoint
 from trainer.run import train
 
 CIFAR_MEAN, CIFAR_STD = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])

@@ -26,8 +26,9 @@ from omegaconf.errors import (
 )
 from PIL import Image
 
+from data.base import dataset_files
 from data.image_folder import IMAGE_EXTENSIONS
-from trainer.tta import TTA_MODES
+from nets.tta import TTA_MODES
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def check_precision(net: torch.nn.Module, trainer: pl.Trainer) -> None:
 
 
 def check_trainer_parts(cfg: DictConfig) -> None:
-    """``trainer.callbacks`` and ``trainer.logger`` are replaced by what the ``callbacks`` and ``logger`` groups
+    """``trainer.callbacks.history`` and ``trainer.logger`` are replaced by what the ``callbacks`` and ``logger`` groups
     build (trainer/run.py: build_trainer), so anything added under them would be dropped without a word."""
     trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig):
@@ -210,16 +211,6 @@ def check_writable(*directories: str | Path) -> None:
                 f"cannot write to {directory} ({e.strerror or e}): the run's checkpoints and results go there. "
                 f"Choose a writable run dir with hydra.run.dir=<dir> (or paths.log_dir=<dir> for all runs)."
             ) from e
-
-
-def file_samples(dataset: Any) -> list | None:
-    """The ``(path, label)`` list a file-reading dataset reads from: ``ImageFileDataset.samples``,
-    ``VideoClipDataset.videos``; None for datasets held in memory."""
-    for name in ("samples", "videos"):
-        items = getattr(dataset, name, None)
-        if isinstance(items, list):
-            return items
-    return None
 
 
 def probe_file(path: str | Path) -> str | None:
@@ -263,7 +254,7 @@ def check_eval_files(datamodule: Any, *, workers: int = 8) -> int:
     splits = [("val", val_set), ("test", test_set)]
     lists: dict[int, tuple[str, Any, list]] = {}  # one entry per file list (the test split may be the val one)
     for split, dataset in splits:
-        if items := file_samples(dataset):
+        if items := dataset_files(dataset):
             seen = lists.get(id(items))
             lists[id(items)] = (f"{seen[0]}, {split}" if seen else split, dataset, items)
     paths = sorted({str(p) for _, _, items in lists.values() for p, _ in items})
@@ -332,7 +323,7 @@ def check_eval_config(cfg: DictConfig) -> None:
 
 def check_data_options(data_cfg: DictConfig, given: DictConfig) -> None:
     """Options given to eval.py (``data.<key>=<value>``) must be arguments of the data config they patch."""
-    from runs.checkpoint import named_parameters
+    from nets.stored import named_parameters
 
     target = data_cfg.get("_target_")
     if not target:

@@ -30,10 +30,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from data.sampler import balanced_class_weights
-from runs.faults import ConsecutiveSkips, check_nonfinite_mode, check_update
+from nets.tta import check_tta, tta_logits
 from runs.inference_info import INFERENCE_KEY, inference_record
+from runs.nonfinite import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
-from trainer.tta import check_tta, tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,15 @@ class ClassificationModule(pl.LightningModule):
         # The base values the parameter groups are built from, given apart from the optimizer (the config
         # interpolates the optimizer's): fine-tuning scales the lr per group; norms and biases get no decay.
         self.lr, self.weight_decay = lr, weight_decay
-        # Named per-stage groups with their own lrs (trainer.finetune.FineTune.param_groups), else decay/no-decay.
+        # Named per-stage groups with their own lrs (trainer.callbacks.finetune.FineTune.param_groups), else
+        # decay/no-decay.
         self.group_params = group_params
         self.label_smoothing = label_smoothing
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd
         self.mixer = mixer
         # BatchNorm parameters in parameter groups of their own (marked ``norm``: decoupled_sgd's norm_lr_scale).
         self.norm_group = norm_group
-        self.tta = check_tta(tta)  # test-time augmentation of the test split (trainer/tta.py)
+        self.tta = check_tta(tta)  # test-time augmentation of the test split (nets/tta.py)
         n = net.num_classes
         # "balanced" is resolved in setup(), from the training labels; a list is checked here, before any training.
         self.class_weights_option = class_weights
