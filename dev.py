@@ -16,7 +16,13 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 LOCK = ROOT / "requirements.lock"
 STAMP = VENV / "requirements.lock.sha256"
-COMMANDS = {"train": ["train.py"], "eval": ["eval.py"], "extract": ["extract.py"], "test": ["-m", "pytest"]}
+COMMANDS = {
+    "train": ["train.py"],
+    "eval": ["eval.py"],
+    "extract": ["extract.py"],
+    "predict": ["predict.py"],
+    "test": ["-m", "pytest"],
+}
 
 
 def ensure_venv() -> None:

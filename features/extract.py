@@ -37,6 +37,7 @@ from features.splits import is_dataset, split_plan
 from features.store import write_atomic
 from nets.build import build_net, net_from_checkpoint
 from nets.stored import load_checkpoint, stored_config
+from runs.inference_info import InferenceInfo, inference_info
 from runs.lock import lock_dir
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def extract_locked(cfg: DictConfig) -> dict[str, Any]:
     start_time = time.perf_counter()
     if cfg.mode not in MODES:
         raise ValueError(f"mode={cfg.mode!r} is unknown; choose one of {tuple(MODES)}")
-    net, stored = load_net(cfg)
+    net, stored, info = load_net(cfg)
     if is_dataset(cfg.data):  # data=<group> split=<split>: the DataModule lists, decodes and transforms
         if cfg.boxes is not None:
             raise ValueError("boxes= names boxes of raw files: give input=<folder or file list> with it, not data=")
@@ -69,7 +70,7 @@ def extract_locked(cfg: DictConfig) -> dict[str, Any]:
     else:
         if cfg.input is None:
             raise ValueError("give input=<folder or file list>, or data=<group> split=train|val|test")
-        prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt)
+        prep = resolve_preprocessing(cfg.data, stored, cfg.without_ckpt, info)
         kind, sources = list_sources(cfg.input, kind=cfg.kind)
         check_inputs_fit(kind, stored.get("data") or {}, cfg)
         common = run_settings(cfg, kind, prep, stored)
@@ -150,24 +151,45 @@ def use_half(precision: str, device: torch.device) -> bool:
 # --- the net and its preprocessing --------------------------------------------------------------------------
 
 
-def load_net(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any]]:
-    """The net and the run config it was trained with ({} for a net built from ``model=<name>``)."""
+def load_net(cfg: DictConfig) -> tuple[nn.Module, dict[str, Any], InferenceInfo | None]:
+    """The net, the run config it was trained with ({} for a net built from ``model=<name>``) and the
+    checkpoint's inference values (None without a checkpoint)."""
     if cfg.get("ckpt_path"):
-        ckpt = load_checkpoint(cfg.ckpt_path)
-        return net_from_checkpoint(ckpt, cfg.ckpt_path), stored_config(ckpt, cfg.ckpt_path)
+        return checkpoint_net(cfg.ckpt_path)
     if "_target_" not in cfg.model:
         raise ValueError(
             "give ckpt_path=<checkpoint> or model=<name> (e.g. model=resnet model.pretrained=IMAGENET1K_V1)"
         )
-    return build_net(cfg.model), {}
+    return build_net(cfg.model), {}, None
 
 
-def resolve_preprocessing(given: DictConfig, stored: dict[str, Any], fallback: DictConfig) -> Preprocessing:
-    """Each setting from ``data.<key>`` when given, else the checkpoint's data config, else ``without_ckpt``.
+def checkpoint_net(path: str | Path) -> tuple[nn.Module, dict[str, Any], InferenceInfo]:
+    """A checkpoint's net (eval preprocessing built from its ``augment.eval``), its run config and inference
+    values. Its data config is read as plain values (sizes, clips), never built: inference reads the files it is
+    given, not the training data; so are its module options (``module.tta``)."""
+    ckpt = load_checkpoint(path)
+    stored = stored_config(ckpt, path, parts=("model", "augment"))
+    run_config = ckpt["hyper_parameters"]["config"]
+    stored.update(data=run_config.get("data") or {}, module=run_config.get("module") or {})
+    return net_from_checkpoint(ckpt, path), stored, inference_info(ckpt, path)
 
-    A checkpoint without an image size (e.g. CIFAR-10, whose images are 32x32) needs ``data.image_size``.
+
+def resolve_preprocessing(
+    given: DictConfig, stored: dict[str, Any], fallback: DictConfig, info: InferenceInfo | None = None
+) -> Preprocessing:
+    """Each setting from ``data.<key>`` when given, else the checkpoint's input shape (``info``) and data config,
+    else ``without_ckpt``.
+
+    A checkpoint that records no input shape and whose data config names no image size (CIFAR-10 checkpoints
+    written before checkpoints recorded it) needs ``data.image_size``.
     """
-    data = stored.get("data", {})
+    data = dict(stored.get("data", {}))
+    shape = info.input_shape if info is not None else None
+    if shape is not None:  # what the net saw in evaluation: (C, H, W) or (C, T, H, W)
+        size_key = "crop_size" if len(shape) == 4 else "image_size"
+        data.update({size_key: shape[-1], **({"num_frames": shape[1]} if len(shape) == 4 else {})})
+    if info is not None and info.mean is not None and info.std is not None:
+        data.update(mean=info.mean, std=info.std)
 
     def pick(key: str) -> Any:
         for source in (given, data, {} if stored else fallback):
@@ -178,7 +200,8 @@ def resolve_preprocessing(given: DictConfig, stored: dict[str, Any], fallback: D
     image_size = pick("image_size") or data.get("crop_size")
     if image_size is None:
         raise ValueError(
-            f"the checkpoint's data config ({data.get('_target_')}) names no image size; set data.image_size=<pixels>"
+            f"the checkpoint records no input shape and its data config ({data.get('_target_')}) names no image "
+            f"size; set data.image_size=<pixels>"
         )
     crop_size = pick("crop_size") or fallback.crop_size or image_size
     mean, std = pick("mean"), pick("std")

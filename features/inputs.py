@@ -2,6 +2,7 @@
 
 Input kinds (``kind=auto`` decides from the files it finds):
 
+    one file      an image or a video (by its extension): one source, named by its file name, unlabelled
     a folder      scanned recursively (hidden files and folders skipped) for image files, or for video files
     a file list   ``.txt``: ``<path> [label]`` per line (``#`` comments; whitespace-separated, so a path with
                   spaces needs the CSV form); ``.csv``: a header with ``path`` and optionally ``label``.
@@ -32,16 +33,22 @@ class Source:
 
 
 def list_sources(input: str | Path, *, kind: str = "auto") -> tuple[str, list[Source]]:
-    """``("images" | "videos", sources)`` of a folder or file list, in a stable (sorted or listed) order."""
+    """``("images" | "videos", sources)`` of one image or video, a folder or a file list, in a stable (sorted or
+    listed) order."""
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is unknown; choose one of {KINDS}")
     input = Path(input)
     if input.is_dir():
         return _folder(input, kind)
+    if input.is_file() and media_kind(input.suffix) is not None:
+        media = media_kind(input.suffix)
+        if kind not in ("auto", media):
+            raise ValueError(f"input={input} is one of the {media}, not {kind}; use kind=auto or kind={media}")
+        return media, [Source(input, input.name, "")]
     if input.is_file():
         return _file_list(input, kind)
     raise FileNotFoundError(
-        f"input={input} does not exist; give a folder of images or videos, or a file list (.txt/.csv)"
+        f"input={input} does not exist; give an image, a video, a folder of them, or a file list (.txt/.csv)"
     )
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from bench.airbench import reference_on
 from models.airbench import AirbenchNet
 from models.net import Net
+from nets.tta import tta_logits
 from trainer.callbacks.lookahead import Lookahead
 from trainer.optim import decoupled_sgd, norm_names, param_groups, triangle
-from trainer.tta import tta_logits
 
 airbench = pytest.importorskip("airbench")
 from airbench import lib_airbench94, utils  # noqa: E402

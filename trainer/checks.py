@@ -30,6 +30,7 @@ from PIL import Image
 from data.base import dataset_files
 from data.image_folder import IMAGE_EXTENSIONS
 from nets.stored import directory_message
+from nets.tta import TTA_MODES
 
 log = logging.getLogger(__name__)
 
@@ -317,13 +318,29 @@ def check_before_first_step(datamodule: Any, trainer: pl.Trainer) -> int:
 # --- eval.py -------------------------------------------------------------------------------------------------
 
 
+# What eval.py reads: conf/eval.yaml's keys and groups (data keys are checked against the data config they patch).
+EVAL_KEYS = ("task_name", "ckpt_path", "seed", "data", "module", "paths", "hydra", "trainer", "logger", "extras")
+EVAL_MODULE_KEYS = ("tta",)
+
+
 def check_eval_config(cfg: DictConfig) -> None:
+    """ckpt_path given, and no key eval.py would ignore (``+module.lr=0.1``, ``+test=false``, a misspelling)."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.get("ckpt_path"):
         raise ConfigError(
             "eval.py tests a checkpoint: give it as ckpt_path=<file>, e.g. "
             "python eval.py ckpt_path=outputs/train/<run>/checkpoints/best.ckpt"
         )
+    unused = [k for k in cfg if k not in EVAL_KEYS]
+    unused += [f"module.{k}" for k in cfg.get("module") or {} if k not in EVAL_MODULE_KEYS]
+    if unused:
+        raise ConfigError(
+            f"eval.py does not use {', '.join(sorted(unused))}: it takes ckpt_path, data (data=<name>, "
+            f"data.<key>=...), module.tta ({' | '.join(TTA_MODES)}), seed, trainer.*, logger.*; the model and its "
+            f"training options come from the checkpoint"
+        )
     check_resolved(cfg)
+    if cfg.get("module") and cfg.module.get("tta") is not None and cfg.module.tta not in TTA_MODES:
+        raise ConfigError(f"module.tta={cfg.module.tta!r} must be one of {list(TTA_MODES)}")
 
 
 def check_data_options(data_cfg: DictConfig, given: DictConfig) -> None:

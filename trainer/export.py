@@ -19,7 +19,6 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +26,9 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from nets.build import net_from_checkpoint
-from nets.stored import is_checkpoint_file, load_checkpoint, stored_config
+from nets.stored import is_checkpoint_file, load_checkpoint
 from runs.atomic import replacing
+from runs.inference_info import InferenceInfo, inference_info
 from runs.results import write_json
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,8 @@ def export(cfg: DictConfig) -> Path:
     check_output(output, ckpt_path, overwrite=bool(cfg.get("overwrite")))
     ckpt = load_checkpoint(ckpt_path)
     net = net_from_checkpoint(ckpt, ckpt_path).eval()
-    # Only the net is built; the data config is read for its input size, as plain values.
-    config = {**stored_config(ckpt, ckpt_path, parts=("model",)), "data": ckpt["hyper_parameters"]["config"]["data"]}
-    shape = input_shape(config, cfg.get("input_shape"))
+    info = inference_info(ckpt, ckpt_path)
+    shape = input_shape(info, cfg.get("input_shape"), ckpt_path)
     output.parent.mkdir(parents=True, exist_ok=True)
 
     generator = torch.Generator().manual_seed(0)
@@ -66,7 +65,6 @@ def export(cfg: DictConfig) -> Path:
         else:
             export_torchscript(net, example, tmp)
         checks = check_outputs(net, tmp, cfg.format, inputs, atol=float(cfg.atol), rtol=float(cfg.rtol))
-    data = config.get("data", {})
     write_json(
         output.with_name(output.name + ".json"),
         {
@@ -74,8 +72,9 @@ def export(cfg: DictConfig) -> Path:
             "checkpoint": str(ckpt_path),
             "input": {"name": "input", "shape": ["batch", *shape]},
             "output": {"name": "logits", "shape": ["batch", net.num_classes]},
-            "mean": data.get("mean"),
-            "std": data.get("std"),
+            "mean": info.mean,
+            "std": info.std,
+            "class_names": info.class_names,
             "checks": checks,
         },
     )
@@ -103,25 +102,20 @@ def check_output(output: Path, ckpt_path: Path, *, overwrite: bool) -> None:
 FORMATS_HINT = f" (e.g. ending in {' or '.join(FORMATS.values())})"
 
 
-def input_shape(config: dict[str, Any], given: Sequence[int] | None) -> tuple[int, ...]:
-    """``(C, H, W)`` or ``(C, T, H, W)`` of one input: ``input_shape`` when given, else from the checkpoint's data
-    config (``num_frames`` and ``crop_size`` of videos, ``image_size`` or ``crop_size`` of images)."""
+def input_shape(info: InferenceInfo, given: Sequence[int] | None, path: Path) -> tuple[int, ...]:
+    """``(C, H, W)`` or ``(C, T, H, W)`` of one input: ``input_shape`` when given, else the one the checkpoint
+    records (or, for older checkpoints, its data config names: runs/inference_info.py)."""
     if given:
         shape = tuple(int(s) for s in given)
         if len(shape) not in (3, 4) or min(shape) < 1:
             raise ValueError(f"input_shape={list(shape)} must be [C, H, W] or [C, T, H, W] (positive sizes)")
         return shape
-    data = config.get("data", {})
-    channels = int(config["model"].get("backbone", {}).get("in_chans", 3))
-    size = data.get("image_size") or data.get("crop_size")
-    if size is None:
+    if info.input_shape is None:
         raise ValueError(
-            f"the checkpoint's data config ({data.get('_target_')}) names no image or crop size; "
+            f"{path} records no input shape and its data config names no image or crop size; "
             f"give input_shape=[3,<height>,<width>] (or [3,<frames>,<height>,<width>] for clips)"
         )
-    if data.get("num_frames"):
-        return channels, int(data["num_frames"]), int(size), int(size)
-    return channels, int(size), int(size)
+    return info.input_shape
 
 
 # Loggers of the ONNX exporter's graph passes: an INFO line per pass ("Removed 18 unused nodes").

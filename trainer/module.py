@@ -30,9 +30,10 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from data.sampler import balanced_class_weights
+from nets.tta import check_tta, tta_logits
+from runs.inference_info import INFERENCE_KEY, inference_record
 from runs.nonfinite import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
-from trainer.tta import check_tta, tta_logits
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class ClassificationModule(pl.LightningModule):
         self.mixer = mixer
         # BatchNorm parameters in parameter groups of their own (marked ``norm``: decoupled_sgd's norm_lr_scale).
         self.norm_group = norm_group
-        self.tta = check_tta(tta)  # test-time augmentation of the test split (trainer/tta.py)
+        self.tta = check_tta(tta)  # test-time augmentation of the test split (nets/tta.py)
         n = net.num_classes
         # "balanced" is resolved in setup(), from the training labels; a list is checked here, before any training.
         self.class_weights_option = class_weights
@@ -105,6 +106,8 @@ class ClassificationModule(pl.LightningModule):
         self.fit_totals: dict[str, int] = {}  # the two counts over all processes, set when fitting ends
         self._pending_losses: list[tuple[int, Tensor, int]] = []  # (batch_idx, loss, batch size) until the step
         self._test_views: list[tuple[Tensor, Tensor, Tensor]] = []
+        # One input as the net sees it in evaluation, (C, H, W) or (C, T, H, W): stored in checkpoints for inference.
+        self.input_shape: list[int] | None = None
 
     def forward(self, input: Tensor, boxes: list[Tensor] | None = None) -> Tensor:
         return self.net(input, boxes)
@@ -131,6 +134,8 @@ class ClassificationModule(pl.LightningModule):
         if "input" not in batch:  # every sample of the batch was unreadable
             return None
         x, y = batch["input"], batch["target"]
+        if self.input_shape is None:  # until an evaluation batch gives it (same size: train crops match eval's)
+            self.input_shape = list(x.shape[1:])
         if self.mixer is not None:
             x, y = self.mixer(x, y)
         loss = self.loss(self(x, batch.get("boxes")), y, weight=self.class_weights)
@@ -191,8 +196,17 @@ class ClassificationModule(pl.LightningModule):
     # Counters run over the whole fit, so a resumed run must start from the checkpoint's counts.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["counters"] = {"skipped": self.skipped, "skipped_nonfinite": self.skipped_nonfinite}
+        # What eval/extract/export/predict need besides the weights (runs/inference_info.py).
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        checkpoint[INFERENCE_KEY] = inference_record(
+            input_shape=self.input_shape,
+            mean=getattr(datamodule, "mean", None),
+            std=getattr(datamodule, "std", None),
+            class_names=getattr(datamodule, "class_names", None),
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.input_shape = (checkpoint.get(INFERENCE_KEY) or {}).get("input_shape")
         counters = checkpoint.get("counters", {})
         self.skipped = counters.get("skipped", 0)
         self.skipped_nonfinite = counters.get("skipped_nonfinite", 0)
@@ -203,6 +217,7 @@ class ClassificationModule(pl.LightningModule):
             logits = tta_logits(self, batch["input"], self.tta)
         else:
             logits = self(batch["input"], batch.get("boxes"))
+        self.input_shape = list(batch["input"].shape[1:])
         target = batch["target"]
         getattr(self, f"{split}_loss").update(self.loss(logits, target), weight=len(target))
         self.confmats[split].update(logits, target)

@@ -19,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data.base import ClassificationDataModule
 from nets.build import build_net, net_from_checkpoint
-from nets.stored import load_checkpoint, stored_config
+from nets.stored import BUILT_PARTS, load_checkpoint, stored_config
+from nets.tta import checkpoint_tta
 from runs.console import start_console
 from runs.distributed import end_processes
+from runs.inference_info import InferenceInfo, inference_info
 from runs.lock import lock_run_dir
 from runs.plots import plot_confusion
 from runs.results import git_state, package_versions, run_tags, write_json
@@ -31,6 +33,7 @@ from trainer.callbacks.history import History
 from trainer.callbacks.log_interval import StepLogInterval
 from trainer.callbacks.pruning import trial_callbacks
 from trainer.checks import (
+    ConfigError,
     check_before_first_step,
     check_config,
     check_data_options,
@@ -104,8 +107,9 @@ def fit_and_test(cfg: DictConfig) -> float | None:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test a checkpoint on the test split of the data config stored in it (or of the one given), in a run dir
-    of its own: locked, and refused if it holds another run (runs/lock.py)."""
+    """Test a checkpoint on the test split of the data config stored in it (or of the one given), with its
+    test-time augmentation (or ``module.tta``), in a run dir of its own: locked, and refused if it holds another
+    run (runs/lock.py)."""
     check_eval_config(cfg)
     with lock_run_dir(cfg.paths.output_dir, fresh=True):
         return evaluate_here(cfg)
@@ -114,18 +118,31 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def evaluate_here(cfg: DictConfig) -> dict[str, Any]:
     start_console(cfg)
     ckpt = load_checkpoint(cfg.ckpt_path)
-    stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path))
+    # A data config given whole (data=<name>) is the user's: the stored one is neither vetted nor built.
+    replaced = "_target_" in (cfg.get("data") or {})
+    parts = ("model", "augment") if replaced else BUILT_PARTS
+    stored = OmegaConf.create(stored_config(ckpt, cfg.ckpt_path, parts=parts))
     data_cfg = merge_data_config(stored, cfg)
+    info = inference_info(ckpt, cfg.ckpt_path)
+    tta = eval_tta(cfg, ckpt, info)
     pl.seed_everything(stored.seed, workers=True)
     datamodule = build_datamodule(data_cfg, stored.augment)
     net = net_from_checkpoint(ckpt, cfg.ckpt_path, num_classes=datamodule.num_classes)
-    module = ClassificationModule(net=net, run_config=ckpt["hyper_parameters"]["config"])  # no optimizer: test only
+    if info.stored and list(datamodule.class_names) != info.class_names:
+        log.warning(
+            "the data's classes %s are not the checkpoint's %s; accuracy compares label numbers",
+            list(datamodule.class_names),
+            info.class_names,
+        )
+    run_config = ckpt["hyper_parameters"]["config"]
+    module = ClassificationModule(net=net, run_config=run_config, tta=tta)  # no optimizer: test only
     trainer = build_trainer(cfg)
     skipped_eval = check_before_first_step(datamodule, trainer)
     metrics = trainer.test(module, datamodule=datamodule)[0]
     results = {
         **metrics,
         "ckpt_path": str(cfg.ckpt_path),
+        "tta": tta,
         "data/skipped_eval": skipped_eval,
         **run_metadata(cfg, datamodule),
     }
@@ -202,6 +219,15 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback] = ()) -> p
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=[*callbacks, *extra_callbacks], logger=loggers or False)
+
+
+def eval_tta(cfg: DictConfig, ckpt: dict[str, Any], info: InferenceInfo) -> str:
+    """``module.tta`` given to eval.py, else the checkpoint's run's; refused for nets that take clips."""
+    given = (cfg.get("module") or {}).get("tta")
+    try:
+        return checkpoint_tta(given, ckpt["hyper_parameters"]["config"], clips=info.is_video, ckpt_path=cfg.ckpt_path)
+    except ValueError as e:
+        raise ConfigError(f"{e}; its input is {list(info.input_shape)}") from None
 
 
 def merge_data_config(stored: DictConfig, cfg: DictConfig) -> DictConfig:

@@ -22,6 +22,18 @@ def check_tta(mode: str) -> str:
     return mode
 
 
+def checkpoint_tta(given: str | None, run_config: dict, *, clips: bool | None, ckpt_path: str) -> str:
+    """The TTA of an evaluation: ``given`` (eval.py's / predict.py's option), else the checkpoint's run's
+    ``module.tta``; refused before any work for nets that take clips (they average views instead)."""
+    tta = check_tta(given if given is not None else (run_config.get("module") or {}).get("tta", "none"))
+    if tta != "none" and clips:
+        raise ValueError(
+            f"module.tta={tta} augments images, and {ckpt_path} takes clips; use more views per video instead "
+            f"(data.test_clips=<n>)"
+        )
+    return tta
+
+
 def tta_logits(forward: Callable[[Tensor], Tensor], x: Tensor, mode: str) -> Tensor:
     """Logits of images ``x`` (B, C, H, W) under the test-time augmentation ``mode``."""
     if mode == "none":
