@@ -345,13 +345,18 @@ def report(cfg: Any) -> dict[str, Any]:
             0,
             {**first, "name": "pixels", "group": None, "depth": None, "x": pixel_rows(first["folder"], first["paths"])},
         )
-    with threadpool_limits(cfg.threads), tqdm(
-        rows, desc="report", unit="store", disable=not cfg.progress, dynamic_ncols=True
-    ) as bar:
+    with (
+        threadpool_limits(cfg.threads),
+        tqdm(rows, desc="report", unit="store", disable=not cfg.progress, dynamic_ncols=True) as bar,
+    ):
         for row in bar:
             start = time.perf_counter()
             scores = score_store(
-                row["x"], row["labels"], row["paths"], cfg, progress=lambda stage: bar.set_postfix_str(f"{row['name']}: {stage}")
+                row["x"],
+                row["labels"],
+                row["paths"],
+                cfg,
+                progress=lambda stage: bar.set_postfix_str(f"{row['name']}: {stage}"),
             )
             row["scores"] = {**scores, "rows_left_out": row["left_out"], "seconds": time.perf_counter() - start}
             bar.write(store_line(row["name"], row["scores"], cfg.k[0]))

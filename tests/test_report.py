@@ -127,9 +127,13 @@ def test_report_shows_progress_and_fits_with_one_blas_thread(digits, capsys, mon
 
     monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
     with threadpool_limits(2):  # what the process would have (2 cores) without the report's own limit
-        main([f"features=[{root / 'pixels64'},{root / 'noisy'}]", f"output={root / 'r'}", "k=[1]", "folds=2", "C=[1.0]"])
+        main(
+            [f"features=[{root / 'pixels64'},{root / 'noisy'}]", f"output={root / 'r'}", "k=[1]", "folds=2", "C=[1.0]"]
+        )
     out, err = capsys.readouterr()
-    assert re.search(r"^pixels64: 200 rows, D=64: k-NN@1 0\.\d{4}  probe 0\.\d{4}  mAP@R 0\.\d{4}  \(\d+\.\d s\)$", out, re.M)
+    assert re.search(
+        r"^pixels64: 200 rows, D=64: k-NN@1 0\.\d{4}  probe 0\.\d{4}  mAP@R 0\.\d{4}  \(\d+\.\d s\)$", out, re.M
+    )
     assert re.search(r"^noisy: 200 rows, D=16: ", out, re.M)
     for stage in ("pixels64: k-NN k=1", "pixels64: linear probe, fold 2/2", "noisy: mAP@R", "2/2 ["):
         assert stage in err, stage
