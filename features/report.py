@@ -17,9 +17,9 @@ umap-learn is installed, coloured by label, one panel per store), ``per_class.pn
 extractions, ``depth.png`` (k-NN accuracy against layer).
 
 Progress: a bar over the stores naming the figure being computed (``progress=false``: none), and one line
-per store with its figures and seconds. The fits run with ``threads`` (1) BLAS/OpenMP threads: the probe's solver makes thousands of
-small matrix products, and threads handing them over cost more than they compute (20x slower with 2 threads
-on a busy 2-core machine: docs/extract.md).
+per store with its figures and seconds. The fits run with ``threads`` (1) BLAS/OpenMP threads: the probe's
+solver makes thousands of small matrix products, and threads handing them over cost more than they compute
+(8x slower with 2 threads on a busy 2-core machine: docs/extract.md).
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def report(cfg: Any) -> dict[str, Any]:
                 row["labels"],
                 row["paths"],
                 cfg,
-                progress=lambda stage: bar.set_postfix_str(f"{row['name']}: {stage}"),
+                progress=lambda stage, name=row["name"]: bar.set_postfix_str(f"{name}: {stage}"),
             )
             row["scores"] = {**scores, "rows_left_out": row["left_out"], "seconds": time.perf_counter() - start}
             bar.write(store_line(row["name"], row["scores"], cfg.k[0]))

@@ -26,6 +26,7 @@ from hydra.utils import get_object
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from runs.atomic import atomic_link, atomic_open
+from runs.console import UserError
 from runs.faults import NonFiniteError, nonfinite_names
 from runs.lightning_private import CheckpointHooks
 
@@ -140,11 +141,11 @@ NOT_ARGUMENTS = (
 BUILT_PARTS = ("model", "data", "augment")
 
 
-class UnsafeConfigError(ValueError):
+class UnsafeConfigError(UserError, ValueError):
     pass
 
 
-class NotACheckpointError(ValueError):
+class NotACheckpointError(UserError, ValueError):
     pass
 
 

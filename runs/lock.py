@@ -27,6 +27,7 @@ try:
 except ImportError:  # Windows: the pid/host fallback below
     fcntl = None
 
+from runs.console import UserError
 from runs.resolvers import is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ LOCK_NAME = ".lock"
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunDirInUse(RuntimeError):
+class RunDirInUse(UserError, RuntimeError):
     pass
 
 

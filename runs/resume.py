@@ -32,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from runs.checkpoint import UnsafeConfigError, check_targets, load_checkpoint
+from runs.console import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 MISSING = object()
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     pass
 
 

@@ -27,11 +27,12 @@ from omegaconf.errors import (
 from PIL import Image
 
 from data.image_folder import IMAGE_EXTENSIONS
+from runs.console import UserError
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
