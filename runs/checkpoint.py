@@ -102,6 +102,7 @@ ALLOWED_TARGETS = frozenset(
         "pytorch_lightning.loggers.CSVLogger",
         "pytorch_lightning.loggers.TensorBoardLogger",
         "pytorch_lightning.loggers.WandbLogger",
+        "runs.lightning_private.WandbLogger",
     }
 )
 # Classes under these packages are allowed when they derive from one of the given bases (checked on the
@@ -117,6 +118,7 @@ ALLOWED_FAMILIES = {
 # the import path of the class that takes them.
 PASSED_ON_ARGUMENTS = {
     "pytorch_lightning.loggers.WandbLogger": ("group", "tags", "entity", "notes", "job_type", "mode"),  # wandb.init
+    "runs.lightning_private.WandbLogger": ("group", "tags", "entity", "notes", "job_type", "mode"),  # wandb.init
     "models.roi.roi_head": "models.roi.ROIHead",
 }
 # Arguments that make a constructor write files: refused in a stored config unless false/null.

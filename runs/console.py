@@ -164,9 +164,11 @@ def config_summary(cfg: DictConfig, tree: Path | None = None) -> str:
         from hydra.core.hydra_config import HydraConfig
 
         hydra_cfg = HydraConfig.get()
-        choices = {
-            k: v for k, v in hydra_cfg.runtime.choices.items() if v is not None and not k.startswith(QUIET_GROUPS)
-        }
+        chosen = [
+            (k, v) for k, v in hydra_cfg.runtime.choices.items() if v is not None and not k.startswith(QUIET_GROUPS)
+        ]
+        order = {k: i for i, k in enumerate(TREE_ORDER)}  # data, model, ... as in the tree; nested groups after
+        choices = dict(sorted(chosen, key=lambda kv: order.get(kv[0], len(order))))
         overrides = list(hydra_cfg.overrides.task)
     except ValueError:  # not in a Hydra run (a config built by hand)
         pass
