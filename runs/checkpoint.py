@@ -87,6 +87,7 @@ ALLOWED_TARGETS = frozenset(
         "trainer.lookahead.Lookahead",
         "trainer.finetune.FineTune",
         "trainer.ema.EMA",
+        "trainer.averaging.AverageCheckpoints",
         "runs.checkpoint.ModelCheckpoint",
         "runs.checkpoint.AtomicCheckpointIO",
         "runs.distributed.DDPStrategy",
