@@ -179,7 +179,8 @@ def config_summary(cfg: DictConfig, tree: Path | None = None) -> str:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is not None:
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-            values.append(f"{label}={value}".replace(" ", ""))
+            text = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+            values.append(f"{label}={text}")  # as it would be typed on the command line
     lines.append("  " + " ".join(values))
     if overrides:
         lines.append("  overrides: " + " ".join(overrides))
