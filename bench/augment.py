@@ -90,7 +90,7 @@ def bench_pipelines(n: int, repeats: int) -> list[list[object]]:
 def bench_loader_vs_step(
     device: torch.device, steps: int, workers: list[int], batch_size: int, repeats: int
 ) -> tuple[str, float, list[list[object]]]:
-    from trainer.build import build_net
+    from nets.build import build_net
     from trainer.run import build_datamodule
 
     cfg = compose_cfg("augment=cifar_strong", f"data.batch_size={batch_size}")

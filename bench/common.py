@@ -133,8 +133,8 @@ def train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: 
 
 def net_from_config(*overrides: str, run_dir, compile: bool = False) -> torch.nn.Module:
     """The net ``python train.py <overrides>`` would build (10 classes unless the data config says otherwise)."""
+    from nets.build import build_net
     from runs.compose import compose_config
-    from trainer.build import build_net
 
     cfg = compose_config(*overrides, output_dir=run_dir)
     return build_net(cfg.model, compile=compile)

@@ -39,8 +39,8 @@ from data.video.sampling import ClipSampler
 from features.extract import extract
 from features.inputs import list_sources
 from features.plans import ImageItems
+from nets.build import build_net
 from runs.compose import compose_config
-from trainer.build import build_net
 
 MEAN, STD = [0.2, 0.2, 0.2], [0.35, 0.35, 0.35]
 CLIPS, FRAMES, STRIDE = 3, 8, 2

@@ -60,8 +60,8 @@ from bench.overhead import validate
 from data.base import ArrayDataset, ClassificationDataModule
 from data.image_folder import IMAGE_EXTENSIONS
 from data.in_memory import augment_batch
+from nets.build import build_net
 from runs.compose import compose_config
-from trainer.build import build_net
 from trainer.optim import no_decay_names, param_groups
 
 

@@ -49,8 +49,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from bench.common import LoopTimer, add_common_args, machine, setup_device, sync, table
+from nets.build import build_net
 from runs.compose import compose_config
-from trainer.build import build_net
 from trainer.optim import no_decay_names, param_groups
 
 

@@ -3,7 +3,7 @@
     python -m bench.speed [--device cpu|cuda] [--batch-size 128] [--clip-batch 16] [--frames 8] [--steps 10]
                           [--repeats 3] [--workloads resnet18 cnn_lstm] [--variants default bf16 channels_last ...]
 
-Workloads (nets built from the real configs through ``trainer.build.build_net``):
+Workloads (nets built from the real configs through ``nets.build.build_net``):
 - ``lenet``: the default recipe's net (``model=lenet``) on images (B, 3, 32, 32), 10 classes.
 - ``resnet18``: ``model=resnet`` (ResNet-18, CIFAR stem) on images (B, 3, 32, 32), 10 classes.
 - ``cnn_lstm``: ``model=cnn_lstm`` with a ResNet-18 (CIFAR stem) frame encoder, LSTM(256) over T frames of

@@ -5,7 +5,7 @@
 
 Defaults: 8 x 112 x 112 clips on the CPU, 16 x 224 x 224 with ``--device cuda``; the models are every
 ``conf/model/<name>.yaml`` that takes clips (a 3D backbone, or a temporal module over per-frame features),
-built from the real configs through ``trainer.build.build_net`` (10 classes).
+built from the real configs through ``nets.build.build_net`` (10 classes).
 
 - train clips/s: forward, cross-entropy, backward and an SGD step on synthetic clips already on the device
   (median over repeats of the mean over ``--steps`` steps, after warm-up steps).

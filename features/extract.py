@@ -41,8 +41,8 @@ from features.plans import (
 )
 from features.shards import batch_items, even_items, parse_shard, shard_dir
 from features.store import FeatureStore, write_atomic, write_video_means
-from runs.checkpoint import load_checkpoint, stored_config
-from trainer.build import build_net, net_from_checkpoint
+from nets.build import build_net, net_from_checkpoint
+from nets.stored import load_checkpoint, stored_config
 
 log = logging.getLogger(__name__)
 MODES = ("clips", "dense")

@@ -8,7 +8,7 @@
 What makes it train fast, and where each part lives in visfeat:
 - ``whiten`` is initialised from the training images (``init_whitening``: the eigenvectors of the 2x2 patch
   covariance, scaled by 1/sqrt(eigenvalue + eps), and their negatives) and its weight is never trained; its
-  bias trains for the first epochs only (trainer.callbacks.WhiteningInit does both).
+  bias trains for the first epochs only (trainer.callbacks.whitening.WhiteningInit does both).
 - The 3x3 convs start as identities on their first ``in_channels`` filters (``dirac_``) after PyTorch's
   default init of the rest.
 - BatchNorm weights are frozen at 1 (only the biases train), with eps 1e-12 and a high momentum
@@ -93,7 +93,7 @@ class AirbenchNet(StagedBackbone):
         self.stage_channels = dict(zip(self.stage_names, widths, strict=True))
         self.stage_strides = {"block1": 2, "block2": 4, "block3": 8}
         # Whether the whitening holds data statistics: saved with the weights, so a net fine-tuned from a
-        # checkpoint keeps the whitening it was trained with (trainer.callbacks.WhiteningInit checks it).
+        # checkpoint keeps the whitening it was trained with (trainer.callbacks.whitening.WhiteningInit checks it).
         self.register_buffer("whitened", torch.zeros((), dtype=torch.bool))
 
     @property

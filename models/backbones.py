@@ -28,7 +28,7 @@ class StagedBackbone(nn.Module):
         pool_names: the children that pool the last stage in ``forward_pooled`` in place of global pooling.
 
     Every child with parameters is a stage, an inserted block, or named in ``stem_names`` / ``pool_names``:
-    fine-tuning (trainer/finetune.py) groups parameters by these names and refuses one it cannot place.
+    fine-tuning (trainer/callbacks/finetune.py) groups parameters by these names and refuses one it cannot place.
     """
 
     stage_names: list[str]

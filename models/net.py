@@ -30,7 +30,7 @@ from models.backbones import StagedBackbone
 
 class Net(nn.Module):
     # The parts after the backbone, in forward order (those not configured are None): fine-tuning's
-    # "head" group (trainer/finetune.py). A new part goes here too, or fine-tuning refuses its parameters.
+    # "head" group (trainer/callbacks/finetune.py). A new part goes here too, or fine-tuning refuses its parameters.
     post_backbone_names = ("fusion", "roi", "temporal", "drop", "head")
 
     def __init__(

@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
 STAMP_TIMEOUT = timedelta(minutes=5)
 _stores: list[Any] = []  # keeps a store this process serves alive until the process group reuses its port
+MINIMISED_WORDS = ("loss", "err", "time", "seconds")  # metric names that are minimised
 _shared: dict[Any, str] = {}  # one exchange (or claim) per key and process, however often the config is resolved
 
 
@@ -137,9 +138,15 @@ def shared_with_rank_zero(key: str, value: str | Callable[[], str]) -> str:
 
 def metric_direction(metric: str) -> str:
     """The Optuna direction ("maximize"/"minimize") of a metric such as ``optimized_metric``."""
-    from runs.sweep import metric_mode
-
     return "minimize" if metric_mode(metric) == "min" else "maximize"
+
+
+def metric_mode(metric: str, direction: Any = None) -> str:
+    """``max`` or ``min``: from a sweeper's direction if given, else from the metric name."""
+    if direction is not None:
+        text = str(getattr(direction, "name", direction)).lower()
+        return "min" if text.startswith("min") else "max"
+    return "min" if any(word in metric.lower() for word in MINIMISED_WORDS) else "max"
 
 
 def mixed_precision(accelerator: str = "auto") -> str:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from bench.airbench import reference_on
 from models.airbench import AirbenchNet
 from models.net import Net
-from trainer.lookahead import Lookahead
+from trainer.callbacks.lookahead import Lookahead
 from trainer.optim import decoupled_sgd, norm_names, param_groups, triangle
 from trainer.tta import tta_logits
 

@@ -106,7 +106,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 
 
 def test_image_folder_num_classes_comes_from_the_class_folders_before_the_net_is_built(make_cfg, tmp_path):
-    from trainer.build import build_net
+    from nets.build import build_net
     from trainer.run import build_datamodule
 
     write_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=1, splits=("train",))

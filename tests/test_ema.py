@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from trainer.ema import EMA
+from trainer.callbacks.ema import EMA
 
 DECAY = 0.7
 STEPS_PER_EPOCH = 3

@@ -13,9 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 import trainer.export as export_module
+from nets.build import build_net
 from runs.compose import compose_config
 from tests.conftest import run_script
-from trainer.build import build_net
 from trainer.export import ExportMismatchError, export
 
 # A small image net (LeNet on 32x32 digits) and a small video net (LeNet per frame + LSTM on 4-frame clips).
@@ -46,8 +46,8 @@ def export_cfg(tmp_path: Path, ckpt: Path, *overrides: str):
 
 
 def eager_logits(ckpt: Path, x: torch.Tensor) -> np.ndarray:
-    from runs.checkpoint import load_checkpoint
-    from trainer.build import net_from_checkpoint
+    from nets.build import net_from_checkpoint
+    from nets.stored import load_checkpoint
 
     net = net_from_checkpoint(load_checkpoint(ckpt), ckpt).eval()
     with torch.no_grad():

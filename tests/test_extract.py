@@ -20,9 +20,9 @@ from data.video.sampling import ClipSampler
 from features.extract import extract
 from features.knn import knn_accuracy, load_feature_set
 from features.store import FeatureStore
+from nets.build import build_net
 from tests.conftest import run_script
 from tests.video_utils import make_video_folder
-from trainer.build import build_net
 from trainer.run import train
 
 DIGIT_STATS = ["data.mean=[0.2,0.2,0.2]", "data.std=[0.35,0.35,0.35]", "data.image_size=32"]

@@ -15,8 +15,8 @@ from data.transforms import Pipeline
 from data.video.decode import read_all
 from features.dense import DenseStore, WindowSpec, probe_frames
 from features.extract import extract
+from nets.build import build_net
 from tests.video_utils import make_video, numbered_frames
-from trainer.build import build_net
 
 STATS = ["data.mean=[0.2,0.2,0.2]", "data.std=[0.35,0.35,0.35]", "data.image_size=32", "data.num_frames=4"]
 TRANSFORM = Pipeline(mean=[0.2] * 3, std=[0.35] * 3)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from runs.checkpoint import AtomicCheckpointIO, UnsafeConfigError, load_checkpoint, stored_config
-from runs.faults import NonFiniteError, all_finite, check_update
+from nets.stored import UnsafeConfigError, load_checkpoint, stored_config
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.nonfinite import NonFiniteError, all_finite, check_update
 from trainer.run import train
 
 # 2 epochs of 3 batches; results must not depend on anything but the seed.

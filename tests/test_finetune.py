@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from models.backbones import VGG, LeNet, ResNet, VideoResNet
 from models.net import Net
 from models.nonlocal_block import NonLocalBlock
-from runs.checkpoint import net_state_dict
-from trainer.build import build_net
-from trainer.finetune import FineTune, net_groups
+from nets.build import build_net
+from nets.stored import net_state_dict
+from trainer.callbacks.finetune import FineTune, net_groups
 from trainer.module import ClassificationModule
 from trainer.optim import cosine, no_decay_names
 from trainer.run import train

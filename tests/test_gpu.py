@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from data.in_memory import augment_batch
+from nets.build import build_net
 from tests.conftest import run_script
 from tests.test_extract import DIGIT_STATS, write_digits
-from trainer.build import build_net
 from trainer.run import train
 
 pytestmark = pytest.mark.gpu

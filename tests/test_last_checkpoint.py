@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 import trainer.run
-from runs.checkpoint import ModelCheckpoint
+from trainer.callbacks.checkpoint import ModelCheckpoint
 
 FOUR_EPOCHS = ["trainer.max_epochs=4", "trainer.limit_train_batches=2", "test=false"]
 

@@ -13,8 +13,8 @@ from torchvision.models.vgg import make_layers
 
 from models.backbones import VGG, LeNet, ResNet, VideoResNet
 from models.net import Net
-from trainer.build import build_net
-from weights.pretrained import load_pretrained
+from nets.build import build_net
+from nets.pretrained import load_pretrained
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from PIL import Image
 
 from data.image_folder import ImageFolderDataModule
 from data.video.datamodule import VideoDataModule
-from runs.checkpoint import AtomicCheckpointIO
-from runs.faults import NonFiniteError
+from runs.checkpoint_io import AtomicCheckpointIO
+from runs.nonfinite import NonFiniteError
 from tests.data_utils import write_image_folder
 from tests.video_utils import make_video_folder
 from trainer.checks import ConfigError, UnreadableFileError, check_eval_files

@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from runs import resolvers
 from runs.compose import compose_config
 from runs.lock import RunDirInUse, RunDirLock
-from runs.resume import ResumeError, resumed_config
 from tests.conftest import ROOT, SMALL, run_script
+from trainer.resume import ResumeError, resumed_config
 from trainer.run import train
 
 HOLD_LOCK = (

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from data.in_memory import BatchAugment, InMemoryDataset, augment_batch, batch_augment_from, hold_in_memory
 from data.transforms import Pipeline
-from trainer.build import build_net
+from nets.build import build_net
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.3, 0.4]
 NUMBER = r"\d+(?:\.\d+)?(?:e-?\d+)?"

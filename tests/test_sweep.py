@@ -22,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from runs.sweep import metric_mode, write_summary
-from runs.trial import load_study, load_trials, open_storage
+from runs.resolvers import metric_mode
+from sweeps.summary import write_summary
+from sweeps.trial import load_study, load_trials, open_storage
 from tests.conftest import ROOT, run_script
 from trainer.run import train
 

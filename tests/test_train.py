@@ -88,7 +88,7 @@ def test_every_image_model_trains_a_step(make_cfg, model):
 def test_resnet_depths_and_vgg_depths_build(make_cfg, depth):
     import torch
 
-    from trainer.build import build_net
+    from nets.build import build_net
 
     cfg = make_cfg("model=resnet", f"model.backbone.depth={depth}")
     net = build_net(cfg.model)

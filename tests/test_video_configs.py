@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from trainer.build import build_net
+from nets.build import build_net
 from trainer.run import train
 
 TINY_SYNTHETIC = ["data.train_per_class=2", "data.val_per_class=1", "data.test_per_class=1"]

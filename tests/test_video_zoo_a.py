@@ -24,9 +24,9 @@ from hydra.errors import InstantiationException
 from features.extract import Embedder
 from models.net import Net
 from models.slowfast import SlowFast
-from trainer.build import build_net
-from weights import formats
-from weights.pretrained import load_pretrained
+from nets import formats
+from nets.build import build_net
+from nets.pretrained import load_pretrained
 
 KEYS = Path(__file__).parent / "published_keys"
 

@@ -23,8 +23,8 @@ from models.timm_backbone import TimmBackbone
 from models.tsm import TSM, temporal_shift
 from models.tv_video import S3D, MViT, Swin3D
 from models.x3d import X3D
-from trainer.build import build_net
-from weights.pretrained import load_pretrained
+from nets.build import build_net
+from nets.pretrained import load_pretrained
 
 FAST = ["x3d", "tsm", "s3d", "mvit_v2_s", "swin3d_t"]
 SLOW = ["mvit_v1_b", "swin3d_s", "swin3d_b"]
@@ -363,7 +363,7 @@ def test_s3d_refuses_clips_too_short_for_its_temporal_pooling(backbone):
 
 
 def test_torchvision_weight_names_resolve_for_the_video_models(backbone):
-    from weights.pretrained import torchvision_builder
+    from nets.pretrained import torchvision_builder
 
     for name in ("s3d", "mvit_v2_s", "swin3d_t"):
         b = backbone(name)

@@ -171,7 +171,7 @@ def check_precision(net: torch.nn.Module, trainer: pl.Trainer) -> None:
 
 
 def check_trainer_parts(cfg: DictConfig) -> None:
-    """``trainer.callbacks`` and ``trainer.logger`` are replaced by what the ``callbacks`` and ``logger`` groups
+    """``trainer.callbacks.history`` and ``trainer.logger`` are replaced by what the ``callbacks`` and ``logger`` groups
     build (trainer/run.py: build_trainer), so anything added under them would be dropped without a word."""
     trainer = cfg.get("trainer")
     if not isinstance(trainer, DictConfig):
@@ -316,7 +316,7 @@ def check_eval_config(cfg: DictConfig) -> None:
 
 def check_data_options(data_cfg: DictConfig, given: DictConfig) -> None:
     """Options given to eval.py (``data.<key>=<value>``) must be arguments of the data config they patch."""
-    from runs.checkpoint import named_parameters
+    from nets.stored import named_parameters
 
     target = data_cfg.get("_target_")
     if not target:

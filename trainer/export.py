@@ -1,6 +1,6 @@
 """Exporting a checkpoint's net for inference outside this project: ONNX or TorchScript, dynamic batch axis.
 
-    checkpoint --runs.checkpoint.load_checkpoint (weights_only)--> trainer.build.net_from_checkpoint (eval mode)
+    checkpoint --nets.stored.load_checkpoint (weights_only)--> nets.build.net_from_checkpoint (eval mode)
       --> trace on an example batch --> <output>.tmp --> check: outputs of the exported file against the eager net
       on the same random inputs at each of ``check_batch_sizes`` --> renamed to <output>, plus <output>.json
 
@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from nets.build import net_from_checkpoint
+from nets.stored import load_checkpoint, stored_config
 from runs.atomic import replacing
-from runs.checkpoint import load_checkpoint, stored_config
 from runs.results import write_json
-from trainer.build import net_from_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from data.sampler import balanced_class_weights
-from runs.faults import ConsecutiveSkips, check_nonfinite_mode, check_update
+from runs.nonfinite import ConsecutiveSkips, check_nonfinite_mode, check_update
 from trainer.optim import no_decay_names, norm_names, param_groups
 from trainer.tta import check_tta, tta_logits
 
@@ -68,7 +68,8 @@ class ClassificationModule(pl.LightningModule):
         # The base values the parameter groups are built from, given apart from the optimizer (the config
         # interpolates the optimizer's): fine-tuning scales the lr per group; norms and biases get no decay.
         self.lr, self.weight_decay = lr, weight_decay
-        # Named per-stage groups with their own lrs (trainer.finetune.FineTune.param_groups), else decay/no-decay.
+        # Named per-stage groups with their own lrs (trainer.callbacks.finetune.FineTune.param_groups), else
+        # decay/no-decay.
         self.group_params = group_params
         self.label_smoothing = label_smoothing
         self.exclude_norm_bias_from_wd = exclude_norm_bias_from_wd

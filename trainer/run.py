@@ -18,18 +18,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from data.base import ClassificationDataModule
-from runs.checkpoint import load_checkpoint, stored_config
-from runs.console import StepLogInterval, start_console
+from nets.build import build_net, net_from_checkpoint
+from nets.stored import load_checkpoint, stored_config
+from runs.console import start_console
 from runs.distributed import end_processes
-from runs.faults import ResumeState, SaveOnSignal
 from runs.lock import lock_run_dir
 from runs.plots import plot_confusion
 from runs.results import git_state, package_versions, run_tags, write_json
-from runs.resume import resumed_config
-from runs.trial import trial_callbacks
-from trainer.averaging import averaged_checkpoint
-from trainer.build import build_net, net_from_checkpoint
-from trainer.callbacks import History, ModelSummaryLine
+from trainer.callbacks.averaging import averaged_checkpoint
+from trainer.callbacks.faults import ResumeState, SaveOnSignal
+from trainer.callbacks.finetune import FineTune
+from trainer.callbacks.history import History
+from trainer.callbacks.log_interval import StepLogInterval
+from trainer.callbacks.pruning import trial_callbacks
+from trainer.callbacks.summary import ModelSummaryLine
 from trainer.checks import (
     check_before_first_step,
     check_config,
@@ -38,8 +40,8 @@ from trainer.checks import (
     check_precision,
     holds_out_no_validation,
 )
-from trainer.finetune import FineTune
 from trainer.module import ClassificationModule, class_accuracies
+from trainer.resume import resumed_config
 from trainer.tuning import lr_range_test
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def train(cfg: DictConfig) -> float | None:
     """Fit and test the configured model; write results.json; return the metric named by ``optimized_metric``.
 
     The run dir is locked while the run uses it (runs/lock.py); a resumed run continues with its own saved
-    config (runs/resume.py)."""
+    config (trainer/resume.py)."""
     check_config(cfg)
     with lock_run_dir(cfg.paths.output_dir):
         return fit_and_test(resumed_config(cfg))

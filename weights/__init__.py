@@ -1,1 +1,1 @@
-"""Pretrained weights: torchvision enums, our and foreign checkpoints, key mapping, 2D->3D inflation."""
+"""Published checkpoint formats of video models' authors: each one's key map onto our nets."""

@@ -1,4 +1,4 @@
-"""Helpers the checkpoint-format modules share (weights/formats.py lists the formats)."""
+"""Helpers the checkpoint-format modules share (nets/formats.py lists the formats)."""
 
 from __future__ import annotations
 

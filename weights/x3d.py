@@ -1,7 +1,7 @@
 """PySlowFast's X3D checkpoints (``x3d_xs.pyth``, ``x3d_s.pyth``, ``x3d_m.pyth``) onto ``models.x3d.X3D``.
 
 A ``.pyth`` file is a ``torch.save``d dict ``{"epoch", "model_state", "optimizer_state", "cfg"}``;
-``weights.pretrained.read_state_dict`` finds ``model_state`` (with ``module.`` stripped when it was saved
+``nets.pretrained.read_state_dict`` finds ``model_state`` (with ``module.`` stripped when it was saved
 from DDP). The backbone keeps PySlowFast's module names, so the mapping only moves keys under the Net:
 
     s1.pathway0_stem.* , s2..s5.pathway0_res<i>.*   -> backbone.<same>

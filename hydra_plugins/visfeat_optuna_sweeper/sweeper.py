@@ -2,7 +2,7 @@
 
 Each round asks the study for ``n_jobs`` trials, launches one Hydra job per trial with the trial's
 parameters as overrides (plus ``++optuna.trial/study/storage``, so that the job can report each epoch to
-its trial: runs/trial.py), and tells the study how each ended:
+its trial: sweeps/trial.py), and tells the study how each ended:
 
 - COMPLETE with the job's return value (train() returns ``optimized_metric``);
 - PRUNED when the job's pruning callback marked the trial (the pruner stopped it early);
@@ -13,7 +13,7 @@ its trial: runs/trial.py), and tells the study how each ended:
 only the trials still missing. Trials left RUNNING by a sweep that was killed are marked FAIL and their
 parameters run again first; the sampler's seed is moved on by the trials already in the study, so a rerun
 does not replay the random start. At the end ``optimization_results.yaml`` in the sweep dir holds the best
-parameters and value; the sweep summary (runs/sweep.py) adds the trial states and Optuna's plots.
+parameters and value; the sweep summary (sweeps/summary.py) adds the trial states and Optuna's plots.
 
 Optuna is imported only when a sweep starts: Hydra imports this module on every run to find its plugins.
 """
@@ -81,7 +81,7 @@ class VisfeatOptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from runs.trial import load_trials, open_storage
+        from sweeps.trial import load_trials, open_storage
 
         from ._space import search_space
 
@@ -155,7 +155,7 @@ class VisfeatOptunaSweeper(Sweeper):
         One sweep per study at a time is assumed: a trial another live sweep is running would be failed too."""
         import optuna
 
-        from runs.trial import ATTEMPT, RETRY_OF
+        from sweeps.trial import ATTEMPT, RETRY_OF
 
         for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             log.warning("Optuna trial %d was interrupted (left running): marked failed, run again", frozen.number)
@@ -176,7 +176,7 @@ class VisfeatOptunaSweeper(Sweeper):
     def tell(self, study: Any, trial: Any, ret: Any) -> Any:
         import optuna
 
-        from runs.trial import PRUNED_EPOCH
+        from sweeps.trial import PRUNED_EPOCH
 
         states = optuna.trial.TrialState
         # The job wrote to the trial through its own storage connection: read the trial again.
@@ -203,7 +203,7 @@ class VisfeatOptunaSweeper(Sweeper):
     def fail(self, study: Any, trial: Any, reason: str) -> Any:
         import optuna
 
-        from runs.trial import FAIL_REASON
+        from sweeps.trial import FAIL_REASON
 
         log.warning("Optuna trial %d failed: %s", trial.number, reason)
         trial.set_user_attr(FAIL_REASON, reason[:1000])
@@ -212,7 +212,7 @@ class VisfeatOptunaSweeper(Sweeper):
 
     def retry(self, study: Any, trial: Any) -> bool:
         """Queue the failed trial's parameters again if it has retries left; whether it did."""
-        from runs.trial import ATTEMPT, RETRY_OF
+        from sweeps.trial import ATTEMPT, RETRY_OF
 
         attempt = int(trial.user_attrs.get(ATTEMPT, 0))
         if attempt >= self.retries:

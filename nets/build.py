@@ -15,14 +15,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runs.checkpoint import net_state_dict, stored_config
-from weights.pretrained import load_pretrained
+from nets.pretrained import load_pretrained
+from nets.stored import net_state_dict, stored_config
 
 FRAMEWORK_KEYS = ("pretrained", "pretrained_exclude", "pretrained_format", "channels_last")
 
 
 def build_net(model_cfg: DictConfig | dict, *, load_weights: bool = True, compile: bool = False) -> nn.Module:
-    """The net; with ``load_weights`` it starts from ``model.pretrained`` (weights/pretrained.py), leaving out
+    """The net; with ``load_weights`` it starts from ``model.pretrained`` (nets/pretrained.py), leaving out
     keys under ``model.pretrained_exclude`` (e.g. ``[head]``). Rebuilding a checkpoint's net skips it.
     ``model.channels_last`` puts weights and inputs in channels-last layout; ``compile`` (the top-level
     ``compile`` key) compiles its forward with ``torch.compile`` in place; state_dict keys stay the same."""

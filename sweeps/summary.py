@@ -31,14 +31,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from runs.atomic import atomic_open
+from runs.resolvers import metric_mode
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("seed",)
 # Per-job entries of results.json shown in the summary besides the val/ and test/ metrics.
 EXTRA_NUMBERS = ("epochs", "train_seconds")
-MINIMISED_WORDS = ("loss", "err", "time", "seconds")
-# Overrides the Optuna sweeper adds to every job (runs/trial.py): bookkeeping, not swept parameters.
+# Overrides the Optuna sweeper adds to every job (sweeps/trial.py): bookkeeping, not swept parameters.
 TRIAL_KEY = "optuna.trial"
 TRIAL_PREFIX = "optuna."
 
@@ -105,14 +105,6 @@ def swept_params(jobs: list[dict[str, Any]]) -> list[str]:
 
 
 # --- summarising ------------------------------------------------------------------------------------------
-
-
-def metric_mode(metric: str, direction: Any = None) -> str:
-    """``max`` or ``min``: from a sweeper's direction if given, else from the metric name."""
-    if direction is not None:
-        text = str(getattr(direction, "name", direction)).lower()
-        return "min" if text.startswith("min") else "max"
-    return "min" if any(word in metric.lower() for word in MINIMISED_WORDS) else "max"
 
 
 def best_job(jobs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
@@ -195,7 +187,7 @@ def write_summary(sweep_dir: Path, *, metric: str | None, mode: str, study: Any 
 
 def mark_trial_states(jobs: list[dict[str, Any]], trials: list) -> None:
     """Each job of an Optuna trial gets the trial's state: COMPLETE, PRUNED (with its epoch), FAIL, ..."""
-    from runs.trial import PRUNED_EPOCH
+    from sweeps.trial import PRUNED_EPOCH
 
     by_number = {t.number: t for t in trials}
     for job in jobs:
@@ -340,7 +332,7 @@ def plot_metric(plot_dir: Path, jobs, params, metric: str) -> list[Path]:
 
 def study_lines(study: Any, trials: list) -> list[str]:
     """summary.md's section on the Optuna study: trials per state, and every trial that did not complete."""
-    from runs.trial import FAIL_REASON, PRUNED_EPOCH, RETRY_OF
+    from sweeps.trial import FAIL_REASON, PRUNED_EPOCH, RETRY_OF
 
     counts: dict[str, int] = {}
     for trial in trials:
@@ -432,7 +424,7 @@ class SweepSummary(Callback):
         mode = self.mode or metric_mode(metric or "", sweeper.get("direction"))
         study = None
         if sweeper.get("storage") and sweeper.get("study_name"):  # an Optuna sweep
-            from runs.trial import load_study
+            from sweeps.trial import load_study
 
             study = load_study(str(sweeper.storage), str(sweeper.study_name))
         write_summary(Path(config.hydra.sweep.dir), metric=metric, mode=mode, study=study)

@@ -3,8 +3,8 @@
 Every ``every`` optimizer steps the average moves towards the net, ``avg = decay * avg + (1 - decay) * net``,
 and the net is reset to the average; the decay grows over training, ``decay = base * (step / total) ** power``
 (airbench: 0.95 ** 5 and 3), so early steps follow the net and late ones average strongly. After the last step
-the net is set to the average. Unlike ``trainer.ema.EMA`` (a shadow copy used only for evaluation) this changes
-the weights being trained. All floating-point state of the net takes part, BatchNorm statistics included.
+the net is set to the average. Unlike ``trainer.callbacks.ema.EMA`` (a shadow copy used only for evaluation) this
+changes the weights being trained. All floating-point state of the net takes part, BatchNorm statistics included.
 """
 
 from __future__ import annotations

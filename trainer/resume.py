@@ -12,7 +12,7 @@ time), not with the defaults of this command line:
 - the net itself never changes: a checkpoint of one net resumed with another model config fails naming both;
 - ``paths`` come from this command (the run may have moved), and saved values under the checkpoint's old run
   dir are moved to the new one;
-- every ``_target_`` restored from the file is checked against runs.checkpoint's allowlist, unless this
+- every ``_target_`` restored from the file is checked against nets.stored's allowlist, unless this
   command's config names the same one at the same key.
 
 Without ``resume`` or ``ckpt_path``, a run dir that already holds a run (``checkpoints/last.ckpt``) is
@@ -31,7 +31,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runs.checkpoint import UnsafeConfigError, check_targets, load_checkpoint
+from nets.stored import UnsafeConfigError, check_targets, load_checkpoint
 from runs.console import UserError
 
 log = logging.getLogger(__name__)

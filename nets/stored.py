@@ -1,5 +1,6 @@
-"""Checkpoints: written atomically and only with finite weights; read back as plain data only
-(``weights_only=True``); their stored config built only from an allowlist of exact classes.
+"""Checkpoints read back: as plain data only (``weights_only=True``), moved ``_target_``s renamed
+(nets/renamed.py), their stored config built only from an allowlist of exact classes (writing them:
+runs/checkpoint_io.py).
 
 A stored config is code: instantiating it calls whatever its ``_target_``s name, with whatever arguments it
 gives. A checkpoint from elsewhere may name anything, so before a stored config is built every ``_target_``
@@ -15,23 +16,18 @@ from __future__ import annotations
 import inspect
 import pickle
 import re
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from hydra.utils import get_object
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from runs.atomic import atomic_link, atomic_open
+from nets.renamed import renamed_targets
 from runs.console import UserError
-from runs.faults import NonFiniteError, nonfinite_names
-from runs.lightning_private import CheckpointHooks
 
 # Exact import paths a stored config may build: the project's nets and net parts, DataModules and
-# transforms, and the training parts a resume rebuilds (runs/resume.py). Every `_target_` of conf/ is here
+# transforms, and the training parts a resume rebuilds (trainer/resume.py). Every `_target_` of conf/ is here
 # (tests/test_reliability_checkpoints.py checks that), except data.video.datamodule.SyntheticVideoDataModule,
 # which writes its dataset under its `root`: evaluate such a checkpoint with `data=synthetic_video` given.
 ALLOWED_TARGETS = frozenset(
@@ -83,13 +79,13 @@ ALLOWED_TARGETS = frozenset(
         "trainer.optim.onecycle",
         "trainer.optim.triangle",
         "trainer.optim.decoupled_sgd",
-        "trainer.callbacks.WhiteningInit",
-        "trainer.lookahead.Lookahead",
-        "trainer.finetune.FineTune",
-        "trainer.ema.EMA",
-        "trainer.averaging.AverageCheckpoints",
-        "runs.checkpoint.ModelCheckpoint",
-        "runs.checkpoint.AtomicCheckpointIO",
+        "trainer.callbacks.whitening.WhiteningInit",
+        "trainer.callbacks.lookahead.Lookahead",
+        "trainer.callbacks.finetune.FineTune",
+        "trainer.callbacks.ema.EMA",
+        "trainer.callbacks.averaging.AverageCheckpoints",
+        "trainer.callbacks.checkpoint.ModelCheckpoint",
+        "runs.checkpoint_io.AtomicCheckpointIO",
         "runs.distributed.DDPStrategy",
         "torch.optim.SGD",
         "torch.optim.Adam",
@@ -127,7 +123,7 @@ WRITING_ARGUMENTS = ("download",)
 # A backbone's own weight loading (timm: a hub download, or a file read outside weights_only): refused in a
 # stored config unless false/null; a net rebuilt from a checkpoint takes the checkpoint's weights anyway.
 BACKBONE_WEIGHTS = ("pretrained", "pretrained_file")
-# Keys of a config node that are not constructor arguments: Hydra's own, and trainer/build.py's FRAMEWORK_KEYS
+# Keys of a config node that are not constructor arguments: Hydra's own, and nets/build.py's FRAMEWORK_KEYS
 # of a model config (taken out before the net is built).
 NOT_ARGUMENTS = (
     "_target_",
@@ -152,105 +148,14 @@ class NotACheckpointError(UserError, ValueError):
     pass
 
 
-# --- writing ----------------------------------------------------------------------------------------------
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer (``trainer.plugins``), made atomic and finite-only.
-
-    The checkpoint goes to ``<file>.tmp`` in the same directory, is flushed and fsynced, then renamed over
-    ``<file>`` (``os.replace`` is atomic on POSIX and Windows): a save that fails half way (disk full, an
-    exception, a kill) leaves the previous ``last.ckpt`` / ``best.ckpt`` as they were. A checkpoint whose
-    weights hold NaN or inf is refused with an error, so it never replaces a good one.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
-        if "://" in str(path):  # remote file systems: no rename there; Lightning's own writer
-            check_finite_weights(checkpoint, path)
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        check_finite_weights(checkpoint, path)
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
-
-
-class ModelCheckpoint(CheckpointHooks):
-    """Lightning's ModelCheckpoint with a ``last.ckpt`` that is never more than ``last_every_s`` behind.
-
-    Lightning (2.6) rewrites ``last.ckpt`` only at steps where it also wrote a top-k checkpoint: once the
-    monitored metric stops improving, ``last.ckpt`` falls behind and a resume from it repeats those epochs,
-    and at the end of fitting it may not hold the final weights. Here, at every save point (each epoch end
-    by default):
-
-    - the best checkpoint was just written: ``last.ckpt`` becomes a hard link to it (the same state, no second
-      serialisation; a copy where hard links are impossible);
-    - otherwise ``last.ckpt`` is written if ``last_every_s`` seconds passed since it last was (0: always).
-
-    At the end of fitting it is always brought up to date; SIGTERM/SIGUSR1 write it too (runs.faults).
-    So a crash that kills the process outright (out of memory, power loss) loses at most ``last_every_s``
-    seconds of training, and small models with sub-second epochs do not spend their time serialising.
-    """
-
-    def __init__(self, *args: Any, last_every_s: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if last_every_s < 0:
-            raise ValueError(f"callbacks.model_checkpoint.last_every_s={last_every_s} must be >= 0 (0: every epoch)")
-        self.last_every_s = float(last_every_s)
-        self._last_written_step: int | None = None
-        self._last_written_time = time.monotonic()
-
-    def topk_hook(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
-        super().topk_hook(trainer, monitor_candidates)
-        self.last_hook(trainer, monitor_candidates, when_due=True)
-
-    def last_hook(
-        self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor], *, when_due: bool = False
-    ) -> None:
-        if not self.save_last or self._last_written_step == trainer.global_step:
-            return  # up to date (Lightning asks again right after the top-k save)
-        source = self.last_saved_path if self.last_saved_step == trainer.global_step else None
-        path = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
-        if source and self.save_last is True and "://" not in path and not self.version_counter:
-            self.last_model_path = path
-            if trainer.is_global_zero:
-                atomic_link(source, path)
-            trainer.strategy.barrier()
-        else:
-            # Rank 0's clock decides, so that every process takes part in the same saves.
-            due = time.monotonic() - self._last_written_time >= self.last_every_s
-            if when_due and not trainer.strategy.broadcast(due):
-                return
-            self.write_last(trainer, monitor_candidates)
-            self._last_written_time = time.monotonic()
-        self._last_written_step = trainer.global_step
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and not trainer.fast_dev_run:
-            self.last_hook(trainer, self.monitor_candidates(trainer))
-
-
-def check_finite_weights(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """The net's parameters and buffers (``net.*``) must be finite; metric states (a max starts at -inf) may not be."""
-    state = checkpoint.get("state_dict", {})
-    bad = nonfinite_names(
-        {k: v for k, v in state.items() if k.startswith("net.") and torch.is_tensor(v) and v.is_floating_point()}
-    )
-    if bad:
-        raise NonFiniteError(
-            f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}"
-            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}. The previous checkpoint is kept. "
-            f"Training diverged: lower optimizer.lr or set trainer.gradient_clip_val."
-        )
-
-
 # --- reading ----------------------------------------------------------------------------------------------
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's plain data (tensors and containers; ``weights_only=True``). A file that is not one, or
-    one holding other pickled objects, raises ``NotACheckpointError`` naming it: never a hint to load it
-    unsafely (torch's own message suggests ``weights_only=False``, so it is not passed on)."""
+    """A checkpoint's plain data (tensors and containers; ``weights_only=True``), its stored config's moved
+    ``_target_``s renamed (nets/renamed.py). A file that is not one, or one holding other pickled objects, raises
+    ``NotACheckpointError`` naming it: never a hint to load it unsafely (torch's own message suggests
+    ``weights_only=False``, so it is not passed on)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -275,6 +180,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise NotACheckpointError(f"{path} is not a visfeat/Lightning checkpoint: no 'state_dict' in it")
+    hparams = ckpt.get("hyper_parameters")
+    if isinstance(hparams, dict) and isinstance(hparams.get("config"), dict):
+        hparams["config"] = renamed_targets(hparams["config"])  # written before a class moved (nets/renamed.py)
     return ckpt
 
 
@@ -318,7 +226,7 @@ def check_targets(node: Any, path: str | Path, key: str = "", *, trusted: Any = 
         )
 
 
-FIX = "Load only checkpoints you trust; if this one is, add its class to runs.checkpoint.ALLOWED_TARGETS."
+FIX = "Load only checkpoints you trust; if this one is, add its class to nets.stored.ALLOWED_TARGETS."
 
 
 def check_target(target: Any, path: str | Path, key: str) -> Any:
@@ -329,7 +237,7 @@ def check_target(target: Any, path: str | Path, key: str) -> Any:
     family = next((p for p in ALLOWED_FAMILIES if target.startswith(p)), None)
     if target not in ALLOWED_TARGETS and family is None:
         raise UnsafeConfigError(
-            f"{path}: {key}={target!r} is not an allowed class (runs.checkpoint.ALLOWED_TARGETS). {FIX}"
+            f"{path}: {key}={target!r} is not an allowed class (nets.stored.ALLOWED_TARGETS). {FIX}"
         )
     try:
         obj = get_object(target)

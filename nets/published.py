@@ -1,5 +1,5 @@
 """Renames from the checkpoint formats that backbones' authors publish to the Net's keys, by backbone type:
-the dispatch ``weights.pretrained.load_pretrained`` consults after the keys as they are."""
+the dispatch ``nets.pretrained.load_pretrained`` consults after the keys as they are."""
 
 from __future__ import annotations
 

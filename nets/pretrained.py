@@ -7,10 +7,10 @@ Flow of ``load_pretrained(net, source)``:
            --strip---> wrapper prefixes: ``module.`` (DDP), ``_orig_mod.`` (torch.compile), ``net.`` /
                        ``model.`` (LightningModule attributes)
            --format--> a video model author's checkpoint (pytorch-i3d, C3D, PySlowFast, MMAction2; told by its keys
-                       or ``model.pretrained_format``) has its keys renamed onto the net's (weights/formats.py);
+                       or ``model.pretrained_format``) has its keys renamed onto the net's (nets/formats.py);
                        not for backbones that name their own published format (below), unless the format is given
            --rename--> each key onto the net's keys: as it is, through the backbone's published format
-                       (weights/published.py: PySlowFast X3D, MMAction2 TSM, torchvision video heads), or
+                       (nets/published.py: PySlowFast X3D, MMAction2 TSM, torchvision video heads), or
                        under ``backbone.`` through the backbone's
                        torchvision layout (VGG's ``features.<i>`` regrouped into stages, a 2D ResNet's
                        names inside a 3D video ResNet)
@@ -38,8 +38,8 @@ from torchvision.models.video.resnet import Conv2Plus1D, Conv3DNoTemporal
 
 from models.backbones import VGG, ResNet, StagedBackbone, VideoResNet
 from models.tv_video import TorchvisionVideo
-from weights import formats
-from weights.published import published_renames
+from nets import formats
+from nets.published import published_renames
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_pretrained(
     net: nn.Module, source: str | Path, *, exclude: Sequence[str] = (), format: str | None = None
 ) -> LoadReport:
     """Load ``source`` into ``net`` in place; ``exclude``: key prefixes of the net never loaded (``head``);
-    ``format``: a checkpoint file's format (weights/formats.py; None: told by its keys)."""
+    ``format``: a checkpoint file's format (nets/formats.py; None: told by its keys)."""
     source = str(source)
     backbone = getattr(net, "backbone", None)
     reshaped: list[str] = []
