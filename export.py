@@ -11,9 +11,11 @@ import runs.resolvers  # noqa: F401  (registers ${visfeat.*} before Hydra compos
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
+    from runs.console import user_errors
     from trainer.export import export
 
-    export(cfg)
+    with user_errors():  # a bad value or a missing file: its message, no traceback
+        export(cfg)
 
 
 if __name__ == "__main__":

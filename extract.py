@@ -12,8 +12,10 @@ import runs.resolvers  # noqa: F401  (registers ${visfeat.*} before Hydra compos
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
     from features.extract import extract
+    from runs.console import user_errors
 
-    extract(cfg)
+    with user_errors():  # a bad value or a missing file: its message, no traceback
+        extract(cfg)
 
 
 if __name__ == "__main__":

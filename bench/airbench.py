@@ -44,7 +44,7 @@ from bench.common import machine, table
 from data.cifar10 import FOLDER, TEST_FILES, TRAIN_FILES, CIFAR10DataModule, read_batches
 from runs.compose import compose_config
 
-QUIET = ["~callbacks.progress_bar", "~callbacks.lr_monitor", "+trainer.enable_progress_bar=false"]
+QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
 
 
 class WallClockEvent:

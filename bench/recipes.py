@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.common import machine, table
 from runs.compose import compose_config
 
-QUIET = ["~callbacks.progress_bar", "~callbacks.lr_monitor", "+trainer.enable_progress_bar=false"]
+QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from bench.common import machine, table
 from runs.compose import compose_config
 from trainer.run import train
 
-QUIET = ["~callbacks.progress_bar", "~callbacks.lr_monitor", "+trainer.enable_progress_bar=false"]
+QUIET = ["~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
 SOURCE = ["data.classes=[0,1,2,3,4]", "data.num_classes=5"]
 TARGET = ["data.classes=[5,6,7,8,9]", "data.num_classes=5"]
 

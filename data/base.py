@@ -223,12 +223,22 @@ class ClassificationDataModule(pl.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(sampler if sampler is not None else dataset) > self.batch_size,
             num_workers=workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pins_memory(),
             persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate,
             worker_init_fn=seed_worker,
             generator=generator,
         )
+
+    def pins_memory(self) -> bool:
+        """``data.pin_memory`` where it helps, batches copied to a CUDA device; on CPU it does nothing but make
+        torch warn (the GPU-minded data configs set it)."""
+        if not self.pin_memory:
+            return False
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
 
     def _shard_sampler(self, dataset: Dataset, *, train: bool) -> DistributedSampler | None:
         """This process's shard under DDP (unpadded for evaluation, see data/sampler.py); None otherwise."""

@@ -15,12 +15,19 @@ stratified folds grouped by ``path`` (the clips, boxes or windows of one file ne
 -> ``output/report.md`` (tables), ``report.json`` (every number), ``scatter.png`` (2-D PCA, or UMAP when
 umap-learn is installed, coloured by label, one panel per store), ``per_class.png`` and, for multi-layer
 extractions, ``depth.png`` (k-NN accuracy against layer).
+
+Progress: a bar over the stores naming the figure being computed (``progress=false``: none), and one line
+per store with its figures and seconds. The fits run with ``threads`` (1) BLAS/OpenMP threads: the probe's
+solver makes thousands of small matrix products, and threads handing them over cost more than they compute
+(8x slower with 2 threads on a busy 2-core machine: docs/extract.md).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,8 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from data.image_folder import load_image  # noqa: E402
 from features.knn import knn_accuracy, knn_predict, load_feature_set  # noqa: E402
@@ -54,6 +63,8 @@ DEFAULTS = {
     "seed": 0,
     "baseline": None,
     "projection": "auto",
+    "threads": 1,
+    "progress": True,
 }
 BASELINES = (None, "pixels")
 PROJECTIONS = ("auto", "pca", "umap")
@@ -76,12 +87,18 @@ def linear_probe(
     Cs: list[float],
     max_iter: int,
     seed: int,
+    progress: Callable[[str], None] = lambda stage: None,
 ) -> dict[str, Any]:
-    """Cross-validated accuracy of a logistic regression whose C is chosen inside each training part."""
+    """Cross-validated accuracy of a logistic regression whose C is chosen inside each training part
+    (scikit-learn's ``cross_val_score`` of a ``GridSearchCV``, one outer fold at a time for ``progress``)."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     inner = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
     search = GridSearchCV(model, {"logisticregression__C": list(Cs)}, cv=inner)
-    scores = cross_val_score(search, x, y, groups=groups, cv=splitter(folds, seed))
+    scores = []
+    for fold, (train, test) in enumerate(splitter(folds, seed).split(x, y, groups)):
+        progress(f"linear probe, fold {fold + 1}/{folds}")
+        scores += cross_val_score(search, x, y, groups=groups, cv=[(train, test)]).tolist()
+    scores = np.asarray(scores)
     return {"probe/acc": float(scores.mean()), "probe/acc_std": float(scores.std()), "probe/fold_acc": scores.tolist()}
 
 
@@ -125,8 +142,14 @@ def knn_out_of_fold(
     return pred
 
 
-def score_store(x: np.ndarray, labels: list[str], paths: list[str], cfg: Any) -> dict[str, Any]:
-    """Every figure of one store's labelled rows."""
+def score_store(
+    x: np.ndarray,
+    labels: list[str],
+    paths: list[str],
+    cfg: Any,
+    progress: Callable[[str], None] = lambda stage: None,
+) -> dict[str, Any]:
+    """Every figure of one store's labelled rows; ``progress(stage)`` is told each one as it starts."""
     names, y = np.unique(np.asarray(labels), return_inverse=True)
     groups = np.asarray(paths)
     counts = np.bincount(y)
@@ -135,6 +158,7 @@ def score_store(x: np.ndarray, labels: list[str], paths: list[str], cfg: Any) ->
         raise ValueError(f"classes {list(names[counts < 2])} have a single row; cross-validation needs two per class")
     result: dict[str, Any] = {"rows": len(y), "dim": int(x.shape[1]), "classes": names.tolist(), "folds": folds}
     for k in cfg.k:
+        progress(f"k-NN k={k}")
         knn = knn_accuracy(x, y, groups=groups, k=k, folds=folds, temperature=cfg.temperature, seed=cfg.seed)
         result[f"knn@{k}/acc"], result[f"knn@{k}/acc_std"] = knn["knn/acc"], knn["knn/acc_std"]
     result["knn/chance"] = float(counts.max() / counts.sum())
@@ -148,9 +172,12 @@ def score_store(x: np.ndarray, labels: list[str], paths: list[str], cfg: Any) ->
             Cs=list(cfg.C),
             max_iter=cfg.max_iter,
             seed=cfg.seed,
+            progress=progress,
         )
     )
+    progress("mAP@R")
     result["map@r"] = map_at_r(x, y, groups)
+    progress("per-class accuracy")
     pred = knn_out_of_fold(x, y, groups, k=cfg.k[0], folds=folds, temperature=cfg.temperature, seed=cfg.seed)
     result["per_class"] = {str(n): float((pred[y == c] == c).mean()) for c, n in enumerate(names)}
     return result
@@ -323,8 +350,21 @@ def report(cfg: Any) -> dict[str, Any]:
             0,
             {**first, "name": "pixels", "group": None, "depth": None, "x": pixel_rows(first["folder"], first["paths"])},
         )
-    for row in rows:
-        row["scores"] = {**score_store(row["x"], row["labels"], row["paths"], cfg), "rows_left_out": row["left_out"]}
+    with (
+        threadpool_limits(cfg.threads),
+        tqdm(rows, desc="report", unit="store", disable=not cfg.progress, dynamic_ncols=True) as bar,
+    ):
+        for row in bar:
+            start = time.perf_counter()
+            scores = score_store(
+                row["x"],
+                row["labels"],
+                row["paths"],
+                cfg,
+                progress=lambda stage, name=row["name"]: bar.set_postfix_str(f"{name}: {stage}"),
+            )
+            row["scores"] = {**scores, "rows_left_out": row["left_out"], "seconds": time.perf_counter() - start}
+            bar.write(store_line(row["name"], row["scores"], cfg.k[0]))
     pngs = [plot_scatter(rows, out, cfg.projection, cfg.seed), plot_per_class(rows, out)]
     depth = plot_depth(rows, out, list(cfg.k))
     pngs += [depth] if depth else []
@@ -336,6 +376,13 @@ def report(cfg: Any) -> dict[str, Any]:
     return result
 
 
+def store_line(name: str, s: dict[str, Any], k: int) -> str:
+    return (
+        f"{name}: {s['rows']} rows, D={s['dim']}: k-NN@{k} {s[f'knn@{k}/acc']:.4f}  probe {s['probe/acc']:.4f}  "
+        f"mAP@R {s['map@r']:.4f}  ({s['seconds']:.1f} s)"
+    )
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.from_dotlist(argv))
     unknown = set(cfg) - set(DEFAULTS)
@@ -343,10 +390,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise SystemExit(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     if OmegaConf.is_missing(cfg, "features") or OmegaConf.is_missing(cfg, "output"):
         raise SystemExit("usage: python -m features.report features=<dir>|[<dir>,<dir>] output=<dir> [baseline=pixels]")
-    result = report(cfg)
-    for name, s in result["stores"].items():
-        knn = s[f"knn@{cfg.k[0]}/acc"]
-        print(f"{name}: k-NN@{cfg.k[0]} {knn:.4f}  probe {s['probe/acc']:.4f}  mAP@R {s['map@r']:.4f}")
+    result = report(cfg)  # prints each store's figures as it is done
     print(f"-> {Path(cfg.output) / 'report.md'}")
     return result
 

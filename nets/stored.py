@@ -28,6 +28,7 @@ import yaml
 from hydra.utils import get_object
 
 from nets.renamed import renamed_targets
+from runs.console import UserError
 
 # What a stored config may build, and where: every `_target_` that conf/ names, at the config positions
 # where conf/ places it (derived below, so a new option of conf/ is loadable with no list to edit), and the
@@ -58,6 +59,7 @@ ALLOWED_FAMILIES = {
 # the import path of the class that takes them.
 PASSED_ON_ARGUMENTS = {
     "pytorch_lightning.loggers.WandbLogger": ("group", "tags", "entity", "notes", "job_type", "mode"),  # wandb.init
+    "runs.lightning_private.WandbLogger": ("group", "tags", "entity", "notes", "job_type", "mode"),  # wandb.init
     "models.roi.roi_head": "models.roi.ROIHead",
 }
 # Arguments that make any constructor write files: refused in a stored config unless false/null. What else a
@@ -80,11 +82,11 @@ NOT_ARGUMENTS = (
 BUILT_PARTS = ("model", "data", "augment")
 
 
-class UnsafeConfigError(ValueError):
+class UnsafeConfigError(UserError, ValueError):
     pass
 
 
-class NotACheckpointError(ValueError):
+class NotACheckpointError(UserError, ValueError):
     pass
 
 

@@ -1,5 +1,8 @@
-"""What a run prints: our own lines, the progress bar and the result table, and, at the start, the
-composed config as a tree (``extras.print_config``, as lightning-hydra-template's ``print_config_tree``).
+"""What a run prints: our own lines, the progress bar and the result table, and, at the start, a few lines
+saying what the run is (``extras.print_config``): the config groups chosen, the overrides and the values one
+looks for first; the full composed config as a tree (lightning-hydra-template's ``print_config_tree``) goes to
+``<run dir>/config_tree.txt``. An expected user error (a bad value, a missing file: ``USER_ERRORS``) ends the
+entry script with its message, not a traceback (``user_errors``; ``HYDRA_FULL_ERROR=1`` shows it).
 
 ``start_console(cfg)`` (first thing in train() and evaluate()) installs, in this one place, the filters for
 named third-party messages that say nothing about the run:
@@ -19,8 +22,13 @@ training batches, so an epoch shorter than 50 steps no longer draws Lightning's 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,11 +95,13 @@ def quiet_third_party() -> None:
 
 
 def start_console(cfg: DictConfig) -> None:
-    """The console of a run: third-party noise filtered; the config tree printed if ``extras.print_config``."""
+    """The console of a run: third-party noise filtered; with ``extras.print_config`` the config summary on
+    the console and the full tree in the run dir."""
     quiet_third_party()
     extras = cfg.get("extras") or {}
     if extras.get("print_config") and is_rank_zero():
-        print_config_tree(cfg)
+        tree = write_config_tree(cfg, Path(cfg.paths.output_dir) / "config_tree.txt")
+        print(config_summary(cfg, tree), flush=True)
 
 
 def is_rank_zero() -> bool:
@@ -115,7 +125,92 @@ def config_tree(cfg: DictConfig) -> Any:
     return tree
 
 
-def print_config_tree(cfg: DictConfig) -> None:
-    import rich
+def write_config_tree(cfg: DictConfig, path: Path) -> Path:
+    """The full tree as plain text (no colours), written atomically."""
+    from rich.console import Console
 
-    rich.print(config_tree(cfg))
+    from runs.atomic import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        Console(file=f, width=120, color_system=None, soft_wrap=True).print(config_tree(cfg))
+    return path
+
+
+# Values shown in the summary when the config has them: (label, dotted key).
+SUMMARY_KEYS = (
+    ("seed", "seed"),
+    ("epochs", "trainer.max_epochs"),
+    ("train_epochs", "train_epochs"),
+    ("batch", "data.batch_size"),
+    ("lr", "optimizer.lr"),
+    ("precision", "trainer.precision"),
+    ("devices", "trainer.devices"),
+    ("data.root", "data.root"),
+    ("ckpt_path", "ckpt_path"),
+    ("tags", "tags"),
+)
+# Config groups not worth a word in the summary.
+QUIET_GROUPS = ("hydra", "paths", "extras", "local")
+
+
+def config_summary(cfg: DictConfig, tree: Path | None = None) -> str:
+    """A few lines: the config groups chosen (Hydra's choices), the command line overrides, the main values."""
+    lines = []
+    choices, overrides = {}, []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        chosen = [
+            (k, v) for k, v in hydra_cfg.runtime.choices.items() if v is not None and not k.startswith(QUIET_GROUPS)
+        ]
+        order = {k: i for i, k in enumerate(TREE_ORDER)}  # data, model, ... as in the tree; nested groups after
+        choices = dict(sorted(chosen, key=lambda kv: order.get(kv[0], len(order))))
+        overrides = list(hydra_cfg.overrides.task)
+    except ValueError:  # not in a Hydra run (a config built by hand)
+        pass
+    if choices:
+        lines.append("config: " + " ".join(f"{k}={v}" for k, v in choices.items()))
+    values = []
+    for label, key in SUMMARY_KEYS:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is not None:
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            text = "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+            values.append(f"{label}={text}")  # as it would be typed on the command line
+    lines.append("  " + " ".join(values))
+    if overrides:
+        lines.append("  overrides: " + " ".join(overrides))
+    if tree is not None:
+        lines.append(f"  full config: {tree}")
+    return "\n".join(lines)
+
+
+# Errors a user makes and fixes (a bad value, a missing file or folder): the message says what and how.
+class UserError(Exception):
+    """Base of the errors whose message is the whole story for the user (entry scripts print it alone)."""
+
+
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Around an entry script's work: an expected user error prints ``error: <message>`` and exits 1, with
+    no traceback. Within a multirun the error is raised as it is (the sweeper records the failed job), and
+    ``HYDRA_FULL_ERROR=1`` shows the traceback as for any other error."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

@@ -4,7 +4,8 @@ Checked against pytorch-lightning 2.6.6 (requirements.lock). Each entry below na
 ``check()`` verifies that every one of them still exists with the expected signature and is run by
 tests/test_lightning_seam.py, so a Lightning upgrade that changes one fails there, with a message naming
 the name, instead of somewhere deep inside a run. The rest of the code base uses only the public names
-defined here (``CheckpointHooks``, ``ChildScriptLauncher``, ``LauncherHooks``, ``load_loader_states``).
+defined here (``CheckpointHooks``, ``ChildScriptLauncher``, ``LauncherHooks``, ``load_loader_states``,
+``WandbLogger``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,21 @@ def load_loader_states(trainer: pl.Trainer) -> None:
         loop._load_combined_loader_states()
 
 
+class WandbLogger(pl.loggers.WandbLogger):
+    """Lightning's WandbLogger (``logger=wandb``) without the ``anonymous`` argument it always hands to
+    ``wandb.init``.
+
+    Lightning 2.6.6 puts ``"anonymous": None`` into ``self._wandb_init`` unless one asks for anonymous
+    logging, and wandb 0.31 warns about any value it is given ("The anonymous setting has no effect and will
+    be removed in a future version"): leaving the key out leaves wandb at its own default, silently.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self._wandb_init.get("anonymous", False) is None:
+            del self._wandb_init["anonymous"]
+
+
 # name -> (object holding it, parameters it must take), for check()
 EXPECTED: dict[str, tuple[Any, tuple[str, ...]]] = {
     "ModelCheckpoint._save_topk_checkpoint": (pl.callbacks.ModelCheckpoint, ("trainer", "monitor_candidates")),
@@ -126,6 +142,7 @@ EXPECTED: dict[str, tuple[Any, tuple[str, ...]]] = {
 ATTRIBUTES = {
     "ModelCheckpoint": ("_last_checkpoint_saved", "_last_global_step_saved", "_enable_version_counter"),
     "_FitLoop": ("_combined_loader_states_to_load",),
+    "WandbLogger": ("_wandb_init",),
 }
 
 
@@ -142,7 +159,8 @@ def check() -> list[str]:
             problems.append(f"{name} takes {got}, expected {list(params)}")
     checkpoint = pl.callbacks.ModelCheckpoint()
     fit_loop = pl.loops.fit_loop._FitLoop(pl.Trainer(logger=False, enable_checkpointing=False))
-    for owner, attrs in (("ModelCheckpoint", checkpoint), ("_FitLoop", fit_loop)):
+    wandb_logger = pl.loggers.WandbLogger(offline=True)  # builds no run until its experiment is used
+    for owner, attrs in (("ModelCheckpoint", checkpoint), ("_FitLoop", fit_loop), ("WandbLogger", wandb_logger)):
         for attr in ATTRIBUTES[owner]:
             if not hasattr(attrs, attr):
                 problems.append(f"{owner}.{attr} is gone")

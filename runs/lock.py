@@ -28,6 +28,7 @@ try:
 except ImportError:  # Windows: the pid/host fallback below
     fcntl = None
 
+from runs.console import UserError
 from runs.resolvers import is_rank_zero, written_config_subdir
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ LOCK_NAME = ".lock"
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
-class RunDirInUse(RuntimeError):
+class RunDirInUse(UserError, RuntimeError):
     pass
 
 

@@ -22,6 +22,9 @@ Registered on import (the entry scripts import this module before Hydra composes
   machine the run starts on (see ``mixed_precision``), e.g.
   ``trainer.precision='${visfeat.mixed_precision:${trainer.accelerator}}'``. Not a default: it trains
   faster but cost accuracy in the measurement of docs/performance.md.
+- ``${visfeat.config_groups:}``: the config groups of ``conf/`` and their options, one ``group: a, b`` line
+  each, for ``--help`` (conf/hydra/default.yaml): Hydra's own list would also show configs only other configs
+  include, named with a leading ``_`` (``model/_base``).
 """
 
 from __future__ import annotations
@@ -199,6 +202,18 @@ def repo_root() -> str:
     return os.environ.get("VISFEAT_ROOT") or str(Path(__file__).resolve().parent.parent)
 
 
+def config_groups() -> str:
+    """``group: option, option`` for every folder of conf/ holding configs (not hydra/, not ``_`` names)."""
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    lines = []
+    for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml") if not f.stem.startswith("_"))
+        if options and group.split("/")[0] != "hydra":
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register() -> None:
     # Cached: Hydra may resolve hydra.run.dir more than once, and every read must give the same dir.
     OmegaConf.register_new_resolver("visfeat.root", repo_root, replace=True)
@@ -210,6 +225,7 @@ def register() -> None:
     OmegaConf.register_new_resolver("visfeat.if_rank_zero", if_rank_zero, replace=True)
     OmegaConf.register_new_resolver("visfeat.direction", metric_direction, replace=True)
     OmegaConf.register_new_resolver("visfeat.mixed_precision", mixed_precision, replace=True)
+    OmegaConf.register_new_resolver("visfeat.config_groups", config_groups, replace=True)
 
 
 register()

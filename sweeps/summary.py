@@ -3,8 +3,10 @@
 ``SweepSummary`` (every multirun): reads the results.json of every job under the sweep dir and writes
   summary.csv   one row per job: its overrides, the swept parameters as columns, final metrics, run dir,
                 and, for the group of jobs that differ only in ``seed``, mean and std of every metric;
-  summary.md    the same as tables (per job, per configuration over seeds) with the best job named;
-  plots/<metric>_vs_<param>.png   the optimised metric against each swept parameter.
+  summary.md    the same as tables with the best job named: one row per job, and, only when some
+                configuration ran with several seeds, one row per configuration (mean ± std, n);
+  plots/<metric>_vs_<param>.png   the optimised metric against each swept parameter (against the seed only
+                when some configuration repeats it: one seed per configuration varies with the rest).
   The best job maximises or minimises ``optimized_metric``: the sweeper's ``direction`` when it has one,
   else ``mode`` (max unless the metric's name says loss/error/time).
 
@@ -130,6 +132,17 @@ def best_job(jobs: list[dict[str, Any]], metric: str, mode: str) -> dict[str, An
     return pick(scored, key=lambda job: job["metrics"][metric])
 
 
+def repeated_seeds(groups: list[dict[str, Any]]) -> bool:
+    """Whether some configuration ran with more than one seed: only then is a spread over seeds worth a
+    table, and the seed a parameter worth a plot (with one seed per configuration, it varies with the rest)."""
+    return any(len(group["jobs"]) > 1 for group in groups)
+
+
+def varied_params(params: list[str], groups: list[dict[str, Any]]) -> list[str]:
+    """The swept parameters worth plotting the metric against: the seed only when it is repeated."""
+    return params if repeated_seeds(groups) else [p for p in params if p not in SEED_KEYS]
+
+
 def group_over_seeds(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Jobs that differ only in their seed, as groups with mean and std (sample, n > 1) of each metric."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -178,7 +191,7 @@ def write_summary(sweep_dir: Path, *, metric: str | None, mode: str, study: Any 
         extra=study_lines(study, trials) if trials else [],
     )
     if metric:
-        plot_metric(sweep_dir / "plots", jobs, params, metric)
+        plot_metric(sweep_dir / "plots", jobs, varied_params(params, groups), metric)
     if study is not None:
         plot_study(sweep_dir / "plots", study, metric=metric or "value")
     log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(jobs))
@@ -286,16 +299,8 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
             for j in jobs
         ],
     )
-    config_params = [p for p in params if p not in SEED_KEYS]
-    lines += ["", "## Per configuration over seeds (mean ± std, n)", ""]
-    rows = []
-    for group in groups:
-        cells = []
-        for m in metrics:
-            mean, std, n = group["stats"].get(m, (None, None, 0))
-            cells.append("" if mean is None else f"{mean:.4g} ± {fmt(std) or '-'} ({n})")
-        rows.append([*(group["config"].get(p, "") for p in config_params), *cells])
-    lines += markdown_table([*config_params, *metrics], rows)
+    if repeated_seeds(groups):
+        lines += ["", *seed_table(groups, params, metrics)]
     if failed:
         lines += ["", "## Failed jobs", ""]
         lines += markdown_table(
@@ -306,6 +311,19 @@ def write_markdown(path: Path, jobs, params, metrics, groups, *, metric, mode, b
         lines += ["", *extra]
     with atomic_open(path) as f:
         f.write("\n".join(lines) + "\n")
+
+
+def seed_table(groups: list[dict[str, Any]], params: list[str], metrics: list[str]) -> list[str]:
+    """Mean ± std (n) of every metric per configuration; configurations run with one seed show their value."""
+    config_params = [p for p in params if p not in SEED_KEYS]
+    rows = []
+    for group in groups:
+        cells = []
+        for m in metrics:
+            mean, std, n = group["stats"].get(m, (None, None, 0))
+            cells.append("" if mean is None else f"{mean:.4g} ± {fmt(std)} ({n})" if n > 1 else f"{mean:.4g} (1)")
+        rows.append([*(group["config"].get(p, "") for p in config_params), *cells])
+    return ["## Per configuration over seeds (mean ± std, n)", "", *markdown_table([*config_params, *metrics], rows)]
 
 
 def plot_metric(plot_dir: Path, jobs, params, metric: str) -> list[Path]:

@@ -44,9 +44,8 @@ def test_trainer_options_compose(make_cfg, trainer):
         assert build_trainer(cfg).max_epochs == 1
 
 
-def test_all_loggers_write_their_files_offline(make_cfg, tmp_path, monkeypatch):
+def test_all_loggers_write_their_files_offline(make_cfg, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "run"))
     assert options("logger") == ["csv", "many", "tensorboard", "wandb"]
     cfg = make_cfg("logger=many")
@@ -56,3 +55,17 @@ def test_all_loggers_write_their_files_offline(make_cfg, tmp_path, monkeypatch):
     assert (run / "csv" / "metrics.csv").stat().st_size > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert list(run.rglob("offline-run-*"))
+    out, err = capfd.readouterr()
+    assert "wandb: Tracking run" in out + err  # wandb's own lines reach the console here (not WANDB_SILENT) ...
+    assert "anonymous setting" not in out + err  # ... but not the deprecation Lightning's arguments caused
+
+
+def test_help_lists_the_groups_without_internal_configs():
+    """`python train.py --help`: every group and its options, but not model/_base (included by the models)."""
+    from tests.conftest import run_script
+
+    out = run_script("train.py", "--help").stdout
+    groups = dict(line.split(": ", 1) for line in out.split("== Config ==")[0].splitlines() if ": " in line)
+    assert groups["model"].split(", ")[:3] == ["airbench", "c3d", "cnn_gru"] and "_base" not in groups["model"]
+    assert groups["model/temporal"] == "gru, lstm, max, mean" and groups["data"].startswith("cifar10, digits")
+    assert not [g for g in groups if g.startswith("hydra")]

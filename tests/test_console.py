@@ -75,3 +75,55 @@ def test_console_of_a_default_run(tmp_path):
     assert not [line for line in lines if re.search(r"\.py:\d+: \w*(Warning|deprecated)", line)]
     assert not [line for line in lines if "Tip:" in line or "log_every_n_steps" in line]
     assert any("test/acc" in line for line in lines)  # the result table
+
+
+def test_a_missing_dataset_ends_in_its_message_after_a_short_summary(tmp_path):
+    """`python train.py data=ucf101` without the videos: a few lines saying what the run is, then the error
+    with where to download UCF101 and how to lay it out; no traceback. The full config is in the run dir."""
+    run_dir = tmp_path / "run"
+    proc = run_script(
+        "train.py", "data=ucf101", f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={run_dir}", check=False
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: no video dataset: {tmp_path / 'nowhere'} is not a folder. UCF101: download")
+    for words in ("https://www.crcv.ucf.edu/data/UCF101.php", "<folder>/UCF-101/<class>/", "ucfTrainTestlist"):
+        assert words in error
+    summary = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(summary) <= 6, summary
+    assert summary[0].startswith("config: data=ucf101 model=lenet ")
+    assert f"full config: {run_dir / 'config_tree.txt'}" in proc.stdout
+    tree = (run_dir / "config_tree.txt").read_text()
+    assert "_target_: data.video.datamodule.VideoDataModule" in tree and "max_epochs: 20" in tree
+
+
+def test_user_errors_print_their_message_and_others_keep_their_traceback(capsys, monkeypatch):
+    from runs.console import user_errors
+    from trainer.checks import ConfigError
+
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        raise ConfigError("data.batch_size=0 must be a positive integer")
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "error: data.batch_size=0 must be a positive integer\n"
+    with pytest.raises(KeyError), user_errors():  # a bug, not a user error: the traceback stays
+        raise KeyError("a bug")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigError), user_errors():
+        raise ConfigError("shown with its traceback when asked for")
+
+
+def test_pin_memory_only_where_batches_go_to_a_gpu(make_cfg, tmp_path):
+    """data=cifar10 sets pin_memory (for GPUs); on a CPU run torch would warn for every loader."""
+    from tests.data_utils import write_cifar10
+    from trainer.run import build_datamodule
+
+    write_cifar10(tmp_path / "cifar10", n_per_batch=20, n_test=16)
+    cfg = make_cfg("data=cifar10", f"data.root={tmp_path / 'cifar10'}", "data.val_size=10", "data.in_memory=false")
+    assert cfg.data.pin_memory
+    datamodule = build_datamodule(cfg.data, cfg.augment)
+    datamodule.setup("fit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        next(iter(datamodule.train_dataloader()))
+    assert datamodule.pins_memory() == torch.cuda.is_available()

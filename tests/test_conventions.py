@@ -38,7 +38,8 @@ def test_tags_in_results_and_the_tree_printed_at_start(make_cfg, tmp_path, capsy
     cfg = make_cfg("tags=[lr_sweep,lenet]", "extras.print_config=true", "test=false")
     train(cfg)
     out = capsys.readouterr().out
-    assert out.index("CONFIG") < out.index("lr_sweep")
+    assert out.startswith("config: ") and "tags=[lr_sweep,lenet]" in out.splitlines()[1]
+    assert "lr_sweep" in (tmp_path / "run" / "config_tree.txt").read_text()
     assert json.loads((tmp_path / "run" / "results.json").read_text())["tags"] == ["lr_sweep", "lenet"]
 
 

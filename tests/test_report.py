@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from sklearn.model_selection import (
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from data.digits import digits_as_images
 from features.report import main, map_at_r
@@ -111,6 +112,32 @@ def test_report_figures_equal_scikit_learn(digits):
     assert "| pixels64 | 200 | 64 |" in md and "![scatter](scatter.png)" in md
     assert (root / "report" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert not (root / "report" / "depth.png").exists()  # no multi-layer extraction given
+
+
+def test_report_shows_progress_and_fits_with_one_blas_thread(digits, capsys, monkeypatch):
+    """The bar names each figure as it starts and each store gets a line as it is done; the probe's fits run
+    with ``threads`` BLAS threads (two fighting over tiny products made it 20x slower: docs/extract.md)."""
+    root, _, _, _ = digits
+    threads_seen = []
+    fit = LogisticRegression.fit
+
+    def recording_fit(self, *args, **kwargs):
+        threads_seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", recording_fit)
+    with threadpool_limits(2):  # what the process would have (2 cores) without the report's own limit
+        main(
+            [f"features=[{root / 'pixels64'},{root / 'noisy'}]", f"output={root / 'r'}", "k=[1]", "folds=2", "C=[1.0]"]
+        )
+    out, err = capsys.readouterr()
+    assert re.search(
+        r"^pixels64: 200 rows, D=64: k-NN@1 0\.\d{4}  probe 0\.\d{4}  mAP@R 0\.\d{4}  \(\d+\.\d s\)$", out, re.M
+    )
+    assert re.search(r"^noisy: 200 rows, D=16: ", out, re.M)
+    for stage in ("pixels64: k-NN k=1", "pixels64: linear probe, fold 2/2", "noisy: mAP@R", "2/2 ["):
+        assert stage in err, stage
+    assert threads_seen and set(threads_seen) == {1}
 
 
 def test_map_at_r_on_a_hand_counted_case():

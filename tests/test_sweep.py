@@ -94,6 +94,19 @@ def test_summary_names_best_job_and_aggregates_over_seeds(tmp_path):
     }
 
 
+def test_summary_of_one_seed_per_configuration_shows_no_spread_table_or_seed_plot(tmp_path):
+    # An Optuna-like sweep: every job its own configuration, each run once (here also with its own seed).
+    for i, (lr, acc) in enumerate([("0.1", 0.5), ("0.01", 0.8), ("0.001", 0.7)]):
+        fake_job(tmp_path, str(i), [f"optimizer.lr={lr}", f"seed={i}"], val__acc_best=acc)
+
+    write_summary(tmp_path, metric="val/acc_best", mode="max")
+
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| 1 | 0.01 | 1 | 0.8 |" in markdown  # the job table shows what varies
+    assert "Per configuration over seeds" not in markdown and "±" not in markdown
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"val_acc_best_vs_optimizer.lr.png"}
+
+
 def test_summary_minimises_when_told(tmp_path):
     for i, loss in enumerate((0.3, 0.1, 0.2)):
         fake_job(tmp_path, str(i), [f"optimizer.lr={i}"], val__loss=loss)

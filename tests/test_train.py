@@ -37,6 +37,32 @@ def test_default_recipe_learns_digits_and_records_the_run(make_cfg, tmp_path):
     assert len(rows) == 1 + 4 and "val/acc" in rows[0]
 
 
+def test_train_accuracy_and_learning_rates_have_one_name_in_every_log(make_cfg, tmp_path):
+    """train/acc is logged and plotted beside val/acc; the learning rates are lr/<group> in metrics.csv, the
+    CSV logger's file and TensorBoard alike."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    csv_logger = "+logger.csv={_target_: pytorch_lightning.loggers.CSVLogger, save_dir: ${paths.output_dir}, name: csv}"
+    train(make_cfg("trainer.max_epochs=2", "logger=tensorboard", csv_logger))
+    run = tmp_path / "run"
+    ours = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/acc" in ours and "val/acc" in ours
+    lrs = sorted(k for k in ours if k.startswith("lr"))
+    assert lrs == ["lr/net"]  # one lr for the decayed and the undecayed parameters
+    csv_logged = next((run / "csv").rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+    assert sorted(k for k in csv_logged if k.startswith("lr")) == lrs and "train/acc" in csv_logged
+    tags = {
+        t
+        for f in (run / "tensorboard").rglob("events.out.tfevents.*")
+        for t in EventAccumulator(str(f)).Reload().Tags()["scalars"]
+    }
+    assert sorted(t for t in tags if t.startswith("lr")) == lrs and "train/acc" in tags
+    rows = [
+        dict(zip(ours, line.split(","), strict=True)) for line in (run / "metrics.csv").read_text().splitlines()[1:]
+    ]
+    assert all(0.0 <= float(r["train/acc"]) <= 1.0 for r in rows)
+
+
 def test_no_validation_split_runs_no_validation_loop(make_cfg, tmp_path, recwarn):
     with pytest.raises(ConfigError, match=r"optimized_metric=val/acc_best needs a validation split.*test/acc"):
         train(make_cfg("data.val_size=0"))  # before any work: the default metric is a validation one

@@ -31,11 +31,12 @@ from data.base import dataset_files
 from data.image_folder import IMAGE_EXTENSIONS
 from nets.stored import directory_message
 from nets.tta import TTA_MODES
+from runs.console import UserError
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -97,6 +97,9 @@ class ClassificationModule(pl.LightningModule):
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.train_loss.persistent(True)  # a mid-epoch checkpoint keeps the epoch's running mean
+        # Training accuracy of the epoch (against the hard label; the larger share of a mixup/cutmix pair).
+        self.train_acc = MeanMetric(nan_strategy="disable")
+        self.train_acc.persistent(True)
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps the best so far
         # (num_classes, num_classes) counts of the last test, rows: true class; of videos when views were averaged.
@@ -104,7 +107,8 @@ class ClassificationModule(pl.LightningModule):
         self.skipped = 0  # unreadable samples dropped by the loader during training
         self.skipped_nonfinite = 0  # updates dropped for a non-finite loss or gradient (nonfinite=skip)
         self.fit_totals: dict[str, int] = {}  # the two counts over all processes, set when fitting ends
-        self._pending_losses: list[tuple[int, Tensor, int]] = []  # (batch_idx, loss, batch size) until the step
+        # (batch_idx, loss, batch size, accuracy) of the batches of the coming optimizer step
+        self._pending_losses: list[tuple[int, Tensor, int, Tensor]] = []
         self._test_views: list[tuple[Tensor, Tensor, Tensor]] = []
         # One input as the net sees it in evaluation, (C, H, W) or (C, T, H, W): stored in checkpoints for inference.
         self.input_shape: list[int] | None = None
@@ -138,9 +142,12 @@ class ClassificationModule(pl.LightningModule):
             self.input_shape = list(x.shape[1:])
         if self.mixer is not None:
             x, y = self.mixer(x, y)
-        loss = self.loss(self(x, batch.get("boxes")), y, weight=self.class_weights)
+        logits = self(x, batch.get("boxes"))
+        loss = self.loss(logits, y, weight=self.class_weights)
+        hard = y if y.ndim == 1 else y.argmax(1)  # (B,)
+        acc = (logits.detach().argmax(1) == hard).float().mean()  # on the device: no host sync
         # Checked with the gradients just before the optimizer step (one host sync per step, none here).
-        self._pending_losses.append((batch_idx, loss.detach(), len(x)))
+        self._pending_losses.append((batch_idx, loss.detach(), len(x), acc))
         # self.log costs about a millisecond per call: the epoch mean accumulates on the device, and the step
         # value (the progress bar's) is logged only as often as the loggers write (trainer.log_every_n_steps).
         if self.global_step % self.trainer.log_every_n_steps == 0:
@@ -155,7 +162,7 @@ class ClassificationModule(pl.LightningModule):
         ok = check_update(
             None if scaled else self.net,
             optimizer,
-            losses=[(i, loss) for i, loss, _ in pending],
+            losses=[(i, loss) for i, loss, _, _ in pending],
             step=self.global_step,
             epoch=self.current_epoch,
             mode=self.nonfinite,
@@ -164,8 +171,9 @@ class ClassificationModule(pl.LightningModule):
         if not ok:
             self.skipped_nonfinite += 1
             return
-        for _, loss, n in pending:
+        for _, loss, n, acc in pending:
             self.train_loss.update(loss, weight=n)
+            self.train_acc.update(acc, weight=n)
 
     def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
         # At the epoch's last batch rather than in on_train_epoch_end: callbacks' epoch-end hooks (History)
@@ -180,7 +188,9 @@ class ClassificationModule(pl.LightningModule):
     def _log_epoch_summary(self) -> None:
         if self.train_loss.update_count:
             self.log("train/loss", self.train_loss.compute())  # synced over processes by torchmetrics
+            self.log("train/acc", self.train_acc.compute())
         self.train_loss.reset()
+        self.train_acc.reset()
 
     def on_train_end(self) -> None:
         # Run totals for results.json, gathered once here rather than logged every epoch (a log call costs about a

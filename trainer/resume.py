@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nets.stored import NotACheckpointError, UnsafeConfigError, check_targets, load_checkpoint
 from runs.checkpoint_io import PREVIOUS
+from runs.console import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 MISSING = object()
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     pass
 
 

@@ -27,11 +27,13 @@ from runs.inference_info import InferenceInfo, inference_info
 from runs.lock import lock_run_dir
 from runs.plots import plot_confusion
 from runs.results import git_state, package_versions, run_tags, write_json
+from trainer.callbacks.averaging import averaged_checkpoint
 from trainer.callbacks.faults import ResumeState, SaveOnSignal
 from trainer.callbacks.finetune import FineTune
 from trainer.callbacks.history import History
 from trainer.callbacks.log_interval import StepLogInterval
 from trainer.callbacks.pruning import trial_callbacks
+from trainer.callbacks.summary import ModelSummaryLine
 from trainer.checks import (
     ConfigError,
     check_before_first_step,
@@ -43,6 +45,7 @@ from trainer.checks import (
 )
 from trainer.module import ClassificationModule, class_accuracies
 from trainer.resume import resumed_config
+from trainer.tuning import lr_range_test
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,13 @@ def fit_and_test(cfg: DictConfig) -> float | None:
     module = build_module(cfg, net, finetune)
     history = History(output_dir=str(run_dir))
     faults = [SaveOnSignal(), ResumeState()]  # checkpoint and exit on SIGTERM/SIGUSR1; exact resumes
-    extra = [history, *faults, *([finetune] if finetune else []), StepLogInterval(), *trial_callbacks(cfg)]
+    extra = [history, *faults, *([finetune] if finetune else []), StepLogInterval(), ModelSummaryLine()]
+    extra += trial_callbacks(cfg)
     trainer = build_trainer(cfg, extra_callbacks=extra)
     check_precision(net, trainer)
+    if cfg.get("lr_find"):  # the range test instead of training (trainer/tuning.py)
+        lr_range_test(trainer, module, datamodule, run_dir)
+        return None
     skipped_eval = check_before_first_step(datamodule, trainer)
 
     start = time.perf_counter()
@@ -84,9 +91,9 @@ def fit_and_test(cfg: DictConfig) -> float | None:
     fit_metrics = dict(trainer.callback_metrics)
 
     test_metrics: dict[str, Any] = {}
+    tested = averaged_checkpoint(trainer) or best_path(trainer)  # callbacks=average: the mean of the top k
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)[0]
+        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True)[0]
 
     results = {
         **{k: v for k, v in fit_metrics.items() if k.startswith("val/")},
@@ -96,6 +103,7 @@ def fit_and_test(cfg: DictConfig) -> float | None:
         "global_step": trainer.global_step,
         "train_seconds": train_seconds,
         "checkpoints/best": best_path(trainer),
+        "checkpoints/tested": tested if cfg.get("test", True) else None,
         "checkpoints/last": str(run_dir / "checkpoints" / "last.ckpt"),
         "data/skipped_eval": skipped_eval,
         **run_metadata(cfg, datamodule),

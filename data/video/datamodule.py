@@ -53,6 +53,8 @@ class VideoDataModule(ClassificationDataModule):
         crop_size / short_side: frames are resized to ``short_side`` (default ``crop_size``) and cropped.
         test_clips / test_crops: views per test video (uniformly spaced clips x 1 or 3 crops).
         skip_unreadable_train / skip_unreadable_eval: skip (warn, count) or fail on unreadable files.
+        obtain: where a published dataset is downloaded and how its files are laid out (data=ucf101,
+            hmdb51): said when ``root`` is missing.
     """
 
     def __init__(
@@ -78,10 +80,12 @@ class VideoDataModule(ClassificationDataModule):
         test_crops: int = 1,
         skip_unreadable_train: bool = True,
         skip_unreadable_eval: bool = False,
+        obtain: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
+        self.obtain = obtain
         self.class_index = class_index
         self.lists = {"train": train_list, "val": val_list, "test": test_list}
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
@@ -106,8 +110,9 @@ class VideoDataModule(ClassificationDataModule):
         """Reads the class list and every split now, so a missing root, list or file fails before training."""
         if not self.root.is_dir():
             raise FileNotFoundError(
-                f"no video dataset: {self.root} is not a folder. Expected {self.root}/<class>/<video>; "
-                f"set data.root (or $VISFEAT_DATA) to the folder holding the class folders."
+                f"no video dataset: {self.root} is not a folder. "
+                + (f"{self.obtain.strip()}. " if self.obtain else f"Expected {self.root}/<class>/<video>; ")
+                + "Set data.root (or $VISFEAT_DATA) to the folder holding the class folders."
             )
         base = None
         if self.class_index is not None:

@@ -1,4 +1,4 @@
-"""Callbacks of our own: the per-epoch history behind metrics.csv and the curve plots."""
+"""The per-epoch history behind metrics.csv and the curve plots."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from runs.plots import plot_curves
 
 class History(pl.Callback):
     """Collects epoch-level metrics and learning rates; writes ``metrics.csv`` and ``plots/*.png`` in the run
-    dir whatever logger is configured. Its rows are part of the checkpoint, so a resumed run keeps them."""
+    dir whatever logger is configured. Its rows are part of the checkpoint, so a resumed run keeps them.
+
+    The learning rates (``lr/<group>``, one per parameter group) also go to the configured loggers under the
+    same names, so metrics.csv, the CSV logger and TensorBoard agree (Lightning's LearningRateMonitor would
+    name them ``lr-<Optimizer>/pg<i>``)."""
 
     def __init__(self, *, output_dir: str, plot: bool = True) -> None:
         self.output_dir = Path(output_dir)
@@ -28,9 +32,13 @@ class History(pl.Callback):
         for key, value in trainer.callback_metrics.items():
             if key.startswith(("train/", "val/", "data/", "finetune/")) and not key.endswith("_step"):
                 row[key.removesuffix("_epoch")] = float(value)
+        lrs = {}
         for i, group in enumerate(trainer.optimizers[0].param_groups):
             # Fine-tuning groups come as named pairs (decayed, undecayed) with one lr: one column per group.
-            row[f"lr/{group.get('group', f'group{i}')}"] = float(group["lr"])
+            lrs[f"lr/{group.get('group', f'group{i}')}"] = float(group["lr"])
+        for logger in trainer.loggers:
+            logger.log_metrics(lrs, step=trainer.global_step)
+        row.update(lrs)
         self.rows.append(row)
         if trainer.is_global_zero:
             self.write_csv()
