@@ -76,7 +76,7 @@ from data.video.decode import VideoReader, read_all
 from data.video.lists import VIDEO_EXTENSIONS
 from data.video.sampling import ClipSampler
 from runs.compose import compose_config
-from trainer.build import build_net
+from nets.build import build_net
 
 TRAIN_GOAL, DECODE_GOAL = 1.2, 1.5
 
