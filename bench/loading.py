@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -60,7 +59,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
-from bench.common import add_common_args, machine, median_time, setup_device, sync, table
+from bench.common import add_common_args, cpu_seconds, machine, median_time, setup_device, sync, table
 from bench.overhead import validate
 from data.base import ArrayDataset, ClassificationDataModule
 from data.image_folder import IMAGE_EXTENSIONS
@@ -163,12 +162,6 @@ def compose_run(args: argparse.Namespace, root: Path, run_dir: Path, epochs: int
         *args.overrides,
         output_dir=run_dir,
     )
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process (all threads) and its ended children (decoding workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_ours(args: argparse.Namespace, root: Path, run_dir: Path, epochs: int) -> tuple[float, float]:

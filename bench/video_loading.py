@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bench.common import machine, table
+from bench.common import cpu_seconds, machine, table
 from data.video.datamodule import VideoDataModule
 from data.video.decode import VideoReader, read_all
 from data.video.lists import VIDEO_EXTENSIONS
@@ -79,14 +79,6 @@ from runs.compose import compose_config
 from nets.build import build_net
 
 TRAIN_GOAL, DECODE_GOAL = 1.2, 1.5
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process (all threads) and its ended children (workers, FFmpeg)."""
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def measure(fn: Callable[[], object]) -> tuple[float, float, object]:
@@ -191,7 +183,9 @@ class Plain:
                     y0 = rng.integers(0, video.shape[1] - size + 1)
                     x0 = rng.integers(0, video.shape[2] - size + 1)
                     batch[k] = video[frames, y0 : y0 + size, x0 : x0 + size]
-                x = (torch.from_numpy(batch).permute(0, 4, 1, 2, 3).float() - self.mean) / self.std  # (B, 3, T, S, S)
+                # (B, 3, T, S, S), channels-last in memory as the permute leaves it (the model step is faster on
+                # that layout than on the contiguous clips of our collate: docs/video.md)
+                x = (torch.from_numpy(batch).permute(0, 4, 1, 2, 3).float() - self.mean) / self.std
                 step(net, optimizer, x, self.labels[idx])
                 clips += b
         return clips

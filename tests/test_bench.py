@@ -85,7 +85,7 @@ VIDEO_ARGS = ["--frames", "2", "--crop", "16", "--short-side", "16", "--batch-si
 
 
 def test_loading_video_compares_our_loader_and_decoding_with_plain_pyav_and_ffmpeg(monkeypatch, capsys, tmp_path):
-    root = make_video_folder(tmp_path / "videos", {"a": 3, "b": 3}, num_frames=12, audio=True)  # mp4: H.264 + AAC
+    root = make_video_folder(tmp_path / "videos", {"a": 4, "b": 4}, num_frames=12, audio=True)  # mp4: H.264 + AAC
     args = ["--video", str(root), *VIDEO_ARGS, "--repeats", "1", "--workers", "0"]
     out = run_bench("loading", args, monkeypatch, capsys)
     for side in ("per-clip, 0 workers", "cached, 0 workers", "plain"):
@@ -93,9 +93,9 @@ def test_loading_video_compares_our_loader_and_decoding_with_plain_pyav_and_ffmp
     for key in ("per_clip_w0_vs_plain", "cached_w0_vs_plain", "cpu_cached_w0_vs_plain"):
         assert re.search(rf"^{key}={NUMBER}$", out, re.M), key
     assert re.search(r"^goal \(wall\): a cached epoch <= 1.2x the plain loop's: cached, 0 workers [\d.]+x", out, re.M)
-    # 6 videos of 12 frames: every side decodes all 72, FFmpeg too (a differing count would print a note).
+    # 8 videos of 12 frames: every side decodes all 96, FFmpeg too (a differing count would print a note).
     for side in ("ours, every frame", "ffmpeg, scale \\+ rgb24", "ffmpeg, decode only"):
-        assert re.search(rf"^\|\s+{side} \|\s+72 \|( +{NUMBER} \|){{7}}$", out, re.M), side
+        assert re.search(rf"^\|\s+{side} \|\s+96 \|( +{NUMBER} \|){{7}}$", out, re.M), side
     assert re.search(rf"^\|\s+ours, one clip \|\s+\d+ \|( +{NUMBER} \|){{7}}$", out, re.M)
     assert "note: ours decoded" not in out
     for key in ("read_all_vs_ffmpeg", "cpu_read_all_vs_ffmpeg", "read_all_vs_ffmpeg_decode_only"):
