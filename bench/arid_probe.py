@@ -82,7 +82,9 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arid-root", type=arid_root, required=True, help="arid6-train.tar unpacked (DIR or DIR/arid6)")
+    parser.add_argument(
+        "--arid-root", type=arid_root, required=True, help="arid6-train.tar unpacked (DIR or DIR/arid6)"
+    )
     args = parser.parse_args()
     root = args.arid_root
     names = [line.split()[1] for line in (root / "classInd.txt").read_text().split("\n") if line.strip()]
@@ -91,23 +93,37 @@ def main() -> None:
     print(f"decoded {len(train)} + {len(test)} clips in {time.perf_counter() - start:.0f} s")
     y_train, y_test = np.array([y for _, y, _ in train]), np.array([y for _, y, _ in test])
     rows = []
-    for name, describe in (("appearance", appearance), ("motion map", motion_map), ("motion statistics", motion_statistics)):
+    for name, describe in (
+        ("appearance", appearance),
+        ("motion map", motion_map),
+        ("motion statistics", motion_statistics),
+    ):
         x_train = np.stack([describe(c) for c, _, _ in train])
         x_test = np.stack([describe(c) for c, _, _ in test])
         scaler = StandardScaler().fit(x_train)
         for c in (0.01, 0.1, 1.0):
             probe = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), y_train)
             predicted = probe.predict(scaler.transform(x_test))
-            rows.append([name, c, f"{probe.score(scaler.transform(x_train), y_train):.3f}", f"{(predicted == y_test).mean():.3f}"])
+            rows.append(
+                [
+                    name,
+                    c,
+                    f"{probe.score(scaler.transform(x_train), y_train):.3f}",
+                    f"{(predicted == y_test).mean():.3f}",
+                ]
+            )
             if name == "motion statistics" and c == 0.1:
                 matrix = confusion_matrix(y_test, predicted, labels=range(len(names)))
     print(f"\n{machine('cpu')}")
     print(table(["descriptor", "C", "train acc", "dev-test acc"], rows))
     print("\nmotion statistics (C=0.1), confusion on dev test (rows: true class):")
     print(table(["", *names], [[n, *row] for n, row in zip(names, matrix.tolist(), strict=True)]))
-    scenes = {n: sorted({re.match(r"\w+?_(\d+)_", Path(rel).name).group(1) for _, y, rel in train if names[y] == n}) for n in names}
+    scenes = {
+        n: sorted({re.match(r"\w+?_(\d+)_", Path(rel).name).group(1) for _, y, rel in train if names[y] == n})
+        for n in names
+    }
     print("training scenes per class: " + ", ".join(f"{n} {len(s)}" for n, s in scenes.items()))
-    print(f"dev-test clips per class: " + ", ".join(f"{n} {int((y_test == i).sum())}" for i, n in enumerate(names)))
+    print("dev-test clips per class: " + ", ".join(f"{n} {int((y_test == i).sum())}" for i, n in enumerate(names)))
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ from data.video.datamodule import VideoDataModule
 from data.video.decode import VideoReader, read_all
 from data.video.lists import VIDEO_EXTENSIONS
 from data.video.sampling import ClipSampler
-from runs.compose import compose_config
 from nets.build import build_net
+from runs.compose import compose_config
 
 TRAIN_GOAL, DECODE_GOAL = 1.2, 1.5
 

@@ -222,6 +222,7 @@ def resolve_preprocessing(
         crop_size=int(crop_size),
         test_clips=int(pick("test_clips") or fallback.test_clips),
         transform=transform,
+        clip_sampling=str(pick("clip_sampling") or "stride"),
     )
 
 

@@ -55,6 +55,16 @@ class Preprocessing:
     crop_size: int
     test_clips: int
     transform: Callable[[np.ndarray], torch.Tensor]
+    # stride | segments (TSN: one frame from each segment of the video), as the checkpoint was trained
+    clip_sampling: str = "stride"
+
+    def clip_sampler(self) -> ClipSampler:
+        return ClipSampler(
+            num_frames=self.num_frames,
+            frame_stride=self.frame_stride,
+            target_fps=self.target_fps,
+            segments=self.clip_sampling == "segments",
+        )
 
 
 @dataclass
@@ -125,7 +135,7 @@ def box_plan(sources: list[Source], prep: Preprocessing, boxes_file: str) -> Pla
 def video_plan(sources: list[Source], prep: Preprocessing, *, num_workers: int) -> Plan:
     """``test_clips`` rows per video with each clip's frame span; a video that cannot be probed keeps empty
     spans (its rows then fail in extraction and land in failures.csv)."""
-    sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
+    sampler = prep.clip_sampler()
     probes = probe_loader(ProbeItems(sources), num_workers=num_workers)
     index = []
     for probe in (p for batch in probes for p in batch):
@@ -168,7 +178,7 @@ def video_box_plan(sources: list[Source], prep: Preprocessing, boxes_file: str, 
     """
     annotations = BoxAnnotations(boxes_file)
     kept = _annotated(sources, annotations, boxes_file)
-    sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
+    sampler = prep.clip_sampler()
     probes = probe_loader(ProbeItems(kept), num_workers=num_workers)
     index, counts, clips = [], [], []
     for probe in (p for batch in probes for p in batch):

@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.video.dataset import VideoClipDataset
-from data.video.sampling import ClipSampler
 from features.extract import checkpoint_net, resolve_device, resolve_preprocessing
 from features.inputs import Source, list_sources
 from features.plans import Guarded, ImageItems, Preprocessing, collate_items
@@ -83,7 +82,7 @@ def inputs_dataset(kind: str, sources: list[Source], prep: Preprocessing, *, cro
     ``test_clips`` x ``crops`` views each, in order, as eval.py tests them."""
     if kind == "images":
         return ImageItems(sources, image_size=prep.image_size, transform=prep.transform), 1
-    sampler = ClipSampler(num_frames=prep.num_frames, frame_stride=prep.frame_stride, target_fps=prep.target_fps)
+    sampler = prep.clip_sampler()
     dataset = VideoClipDataset(
         [(s.path, 0) for s in sources],
         sampler=sampler,

@@ -109,7 +109,7 @@ def test_loading_video_skips_ffmpeg_with_a_message_when_there_is_none(monkeypatc
     args = ["--video", str(root), *VIDEO_ARGS, "--repeats", "1", "--skip-train"]
     out = run_bench("loading", args, monkeypatch, capsys)
     assert "2. ffmpeg: skipped: no ffmpeg on PATH and no imageio-ffmpeg package (pip install imageio-ffmpeg)" in out
-    assert re.search(rf"^\|\s+ours, every frame \|\s+12 \|", out, re.M)
+    assert re.search(r"^\|\s+ours, every frame \|\s+12 \|", out, re.M)
     assert "ffmpeg, decode only" not in out and "read_all_vs_ffmpeg" not in out
 
 

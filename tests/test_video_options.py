@@ -32,8 +32,16 @@ def folder(tmp_path_factory):
 
 def datamodule(root, **kw):
     args = dict(
-        root=str(root), num_frames=4, frame_stride=3, crop_size=32, test_size=2, val_size=1, batch_size=2,
-        test_clips=3, test_crops=3, skip_unreadable_eval=True,
+        root=str(root),
+        num_frames=4,
+        frame_stride=3,
+        crop_size=32,
+        test_size=2,
+        val_size=1,
+        batch_size=2,
+        test_clips=3,
+        test_crops=3,
+        skip_unreadable_eval=True,
     )
     return VideoDataModule(**{**args, **kw})
 
@@ -45,7 +53,10 @@ def ids(x: torch.Tensor) -> list[int]:
 @pytest.mark.parametrize("sampling", ["stride", "segments"])
 def test_cached_clips_equal_decoded_clips(folder, sampling):
     """Every evaluation view (3 clips x 3 crops) is the same tensor from memory as from the file."""
-    per_clip, held = datamodule(folder, clip_sampling=sampling), datamodule(folder, clip_sampling=sampling, in_memory=True)
+    per_clip, held = (
+        datamodule(folder, clip_sampling=sampling),
+        datamodule(folder, clip_sampling=sampling, in_memory=True),
+    )
     per_clip.setup(), held.setup()
     assert held.test_set.decoded is not None and per_clip.test_set.decoded is None
     for a, b in [(per_clip.test_set, held.test_set), (per_clip.val_set, held.val_set)]:
@@ -65,7 +76,11 @@ def test_cache_decodes_each_video_once_and_trains_from_memory(folder, monkeypatc
     dm = datamodule(folder, in_memory=True, num_workers=0)
     dm.setup()
     assert len(calls) == len(set(calls)) == 6  # each readable video decoded once over all splits
-    held = {p: v for split in (dm.train_set, dm.val_set, dm.test_set) for (p, _), v in zip(split.videos, split.decoded)}
+    held = {
+        p: v
+        for split in (dm.train_set, dm.val_set, dm.test_set)
+        for (p, _), v in zip(split.videos, split.decoded, strict=True)
+    }
     assert len(held) == 7 and sum(v.frames is None for v in held.values()) == 1  # the broken file: its error
     import data.video.dataset as dataset_module
 
@@ -82,10 +97,14 @@ def test_cached_unreadable_video_follows_the_skip_rules(folder, caplog):
     assert decoded[bad].frames is None and "broken.mp4" in decoded[bad].error
     strict = datamodule(folder, skip_unreadable_eval=False)
     strict.check()
-    ds = strict._dataset([(p, 0) for p, _ in videos], train=False).with_decoded(dict(zip([p for p, _ in videos], decoded)))
+    ds = strict._dataset([(p, 0) for p, _ in videos], train=False).with_decoded(
+        dict(zip([p for p, _ in videos], decoded, strict=True))
+    )
     with pytest.raises(VideoReadError, match=r"broken\.mp4.*skip_unreadable_eval"):
         ds[bad * ds.views_per_video]
-    lenient = strict._dataset([(p, 0) for p, _ in videos], train=True).with_decoded(dict(zip([p for p, _ in videos], decoded)))
+    lenient = strict._dataset([(p, 0) for p, _ in videos], train=True).with_decoded(
+        dict(zip([p for p, _ in videos], decoded, strict=True))
+    )
     lenient.skip_unreadable = True
     with caplog.at_level(logging.WARNING):
         assert lenient[bad] is None
@@ -185,3 +204,19 @@ def test_video_augment_presets_draw_once_per_clip(make_cfg):
         out = pipe(clip)
         assert out.shape == (3, 4, 32, 32)
         assert all(torch.equal(out[:, 0], out[:, t]) for t in range(1, 4))
+
+
+def test_extraction_and_prediction_sample_clips_as_the_checkpoint_was_trained():
+    """A net trained on TSN segments is fed segments by extract.py and predict.py too (its data config says so)."""
+    from omegaconf import OmegaConf
+
+    from features.extract import resolve_preprocessing
+
+    stored = {"data": {"num_frames": 4, "frame_stride": 2, "crop_size": 32, "clip_sampling": "segments"}}
+    stored["data"].update(mean=[0.5] * 3, std=[0.2] * 3)
+    fallback = OmegaConf.create({"num_frames": 8, "frame_stride": 2, "crop_size": None, "test_clips": 1})
+    prep = resolve_preprocessing(OmegaConf.create({}), stored, fallback)
+    assert prep.clip_sampling == "segments"
+    assert prep.clip_sampler().uniform_clips(20, 30.0, 1)[0].tolist() == [2, 7, 12, 17]
+    stored["data"].pop("clip_sampling")  # older checkpoints: the stride sampling they were trained with
+    assert resolve_preprocessing(OmegaConf.create({}), stored, fallback).clip_sampler().segments is False

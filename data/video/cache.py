@@ -96,7 +96,11 @@ def decode_videos(paths: Sequence[str | Path], *, short_side: int, num_workers: 
     nbytes = sum(v.frames.nbytes for v in out if v.frames is not None)
     log.info(
         "decoded %d videos (%d frames, %.2f GiB at short side %d) into memory in %.1f s",
-        len(out), frames, nbytes / 2**30, short_side, time.perf_counter() - start,
+        len(out),
+        frames,
+        nbytes / 2**30,
+        short_side,
+        time.perf_counter() - start,
     )
     bad = [str(p) for p, v in zip(paths, out, strict=True) if v.error is not None]
     if bad:

@@ -212,7 +212,9 @@ class VideoDataModule(ClassificationDataModule):
             except ValueError as err:
                 log.info("data.in_memory=auto: per-clip decoding (%s)", err)
                 return splits
-        decoded = dict(zip(paths, decode_videos(paths, short_side=short_side, num_workers=self.num_workers), strict=True))
+        decoded = dict(
+            zip(paths, decode_videos(paths, short_side=short_side, num_workers=self.num_workers), strict=True)
+        )
         return tuple(split.with_decoded(decoded) for split in splits)
 
     def make_splits(self) -> tuple[Dataset, Dataset, Dataset]:
