@@ -1,6 +1,7 @@
 """Every option of the small config groups composes and instantiates; the loggers write their files."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
@@ -33,7 +34,7 @@ def test_optimizer_and_scheduler_options_step(make_cfg, optimizer, scheduler):
 def test_callback_options_instantiate(make_cfg, callbacks):
     cfg = make_cfg(f"callbacks={callbacks}")
     built = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-    assert len(built) >= 2
+    assert built and all(isinstance(c, pl.Callback) for c in built)  # (the progress bar is removed by SMALL)
 
 
 @pytest.mark.parametrize("trainer", options("trainer"))
@@ -67,5 +68,5 @@ def test_help_lists_the_groups_without_internal_configs():
     out = run_script("train.py", "--help").stdout
     groups = dict(line.split(": ", 1) for line in out.split("== Config ==")[0].splitlines() if ": " in line)
     assert groups["model"].split(", ")[:3] == ["airbench", "c3d", "cnn_gru"] and "_base" not in groups["model"]
-    assert groups["model/temporal"] == "gru, lstm, max, mean" and groups["data"].startswith("cifar10, digits")
+    assert groups["model/temporal"] == "gru, lstm, max, mean" and "cifar10, digits" in groups["data"]
     assert not [g for g in groups if g.startswith("hydra")]

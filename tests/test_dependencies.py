@@ -59,7 +59,7 @@ MAY_IMPORT = {
     "data": set(),
     "runs": set(),
     "weights": {"models"},
-    "nets": {"models", "data", "weights"},
+    "nets": {"models", "data", "weights", "runs"},
     "sweeps": {"runs"},
     "features": {"nets", "models", "data", "runs"},
     "trainer": {"nets", "models", "data", "runs", "sweeps", "weights"},

@@ -111,8 +111,8 @@ class VideoDataModule(ClassificationDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(
                 f"no video dataset: {self.root} is not a folder. "
-                + (f"{self.obtain.strip()}. " if self.obtain else f"Expected {self.root}/<class>/<video>; ")
-                + "Set data.root (or $VISFEAT_DATA) to the folder holding the class folders."
+                + (f"{self.obtain.strip()}. " if self.obtain else f"Expected {self.root}/<class>/<video>. ")
+                + "Then set data.root (or $VISFEAT_DATA) to the folder holding the class folders."
             )
         base = None
         if self.class_index is not None:
