@@ -42,6 +42,20 @@ def write_ucf101_into(data_dir: Path) -> list[str]:
     return []
 
 
+def arid6(data_dir: Path) -> list[str]:
+    """``arid6/train/<Class>/<clip>.mp4`` with a class index and dev train/test lists beside ``train/``."""
+    root = data_dir / "arid6"
+    train, test = [], []
+    for label, name in enumerate(("Drink", "Jump"), start=1):
+        for i in range(3):
+            make_video(root / "train" / name / f"{name}_{i}.mp4", 8)
+            (train if i < 2 else test).append(f"{name}/{name}_{i}.mp4 {label}")
+    (root / "classInd.txt").write_text("1 Drink\n2 Jump\n")
+    (root / "dev_train.txt").write_text("\n".join(train) + "\n")
+    (root / "dev_test.txt").write_text("\n".join(test) + "\n")
+    return ["data.num_classes=2"]
+
+
 def ssv2(data_dir: Path) -> list[str]:
     root = data_dir / "ssv2"
     labels = root / "labels"
@@ -104,6 +118,7 @@ DATA: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["data=kinetics", *CLIP, *VIDEO_MODEL],
     ),
     "ssv2": (ssv2, ["data=ssv2", *CLIP, *VIDEO_MODEL]),
+    "arid6": (arid6, ["data=arid6", *CLIP, *VIDEO_MODEL]),
     "video_list": (
         lambda d: [
             f"data.root={flat_folder(d)}",
