@@ -19,7 +19,7 @@ from features.extract import extract
 from runs.compose import compose_config
 from tests.conftest import ROOT
 from tests.data_utils import write_cifar10, write_image_folder
-from tests.test_experiments import EXPERIMENTS, write_arid6, write_ucf101
+from tests.test_experiments import EXPERIMENTS, write_ucf101
 from tests.test_video_annotations import flat_folder, kinetics_root
 from tests.video_utils import make_video, make_video_folder
 from trainer.export import export
@@ -111,7 +111,6 @@ DATA: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["data=video_folder", *CLIP, *VIDEO_MODEL],
     ),
     "ucf101": (write_ucf101_into, ["data=ucf101", "data.num_classes=2", *CLIP, *VIDEO_MODEL]),
-    "arid6": (lambda d: [f"data.root={write_arid6(d)}/train"], ["data=arid6", *CLIP, *VIDEO_MODEL]),
     "hmdb51": (hmdb51, ["data=hmdb51", *CLIP, *VIDEO_MODEL]),
     "kinetics": (
         lambda d: [f"data.root={kinetics_root(d)}", "data.num_classes=2"],
