@@ -46,9 +46,13 @@ PRECISIONS = ("auto", "32", "16")
 
 def extract(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) an extraction; returns what meta.json records (of the first layer's store). The output
-    (a shard's own dir, under ``shard``) is locked while this process writes it: a second extraction into it
+    (each shard apart, under ``shard``) is locked while this process writes it: a second extraction into it
     fails at once, naming this one (runs/lock.py)."""
-    with lock_dir(shard_dir(Path(cfg.output), None if cfg.merge else parse_shard(cfg.shard)), key="output"):
+    shard = None if cfg.merge else parse_shard(cfg.shard)
+    # A shard's lock sits in <output>/.locks/<i>-of-<n>: with several layers the stores (and their shard folders)
+    # are <output>/<layer>/, and a shard-<i>-of-<n> folder at the top would read as an unfinished shard to the merge.
+    folder = Path(cfg.output) if shard is None else Path(cfg.output) / ".locks" / f"{shard[0]}-of-{shard[1]}"
+    with lock_dir(folder, key="output"):
         return extract_locked(cfg)
 
 

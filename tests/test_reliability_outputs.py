@@ -161,7 +161,7 @@ def write_images(folder: Path, n: int = 3) -> None:
 def test_a_second_extraction_into_an_output_in_use_fails_at_once_naming_the_first(make_cfg, trained, tmp_path, shard):
     write_images(tmp_path / "images")
     out = tmp_path / "features"
-    holder = hold_lock(out if shard is None else out / "shard-1-of-2")  # a real process writing that store
+    holder = hold_lock(out if shard is None else out / ".locks" / "1-of-2")  # a real process writing that shard
     try:
         overrides = [f"shard={shard}"] if shard else []
         cfg = extract_cfg(make_cfg, tmp_path, trained / "checkpoints" / "best.ckpt", *overrides)
