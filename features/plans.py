@@ -58,6 +58,19 @@ class Preprocessing:
     # stride | segments (TSN: one frame from each segment of the video), as the checkpoint was trained
     clip_sampling: str = "stride"
 
+    def clip_dataset(self, paths: list[str], *, crops: int = 1) -> VideoClipDataset:
+        """``test_clips`` x ``crops`` evaluation views of each video of ``paths``, labelled 0."""
+        return VideoClipDataset(
+            [(p, 0) for p in paths],
+            sampler=self.clip_sampler(),
+            crop_size=self.crop_size,
+            short_side=self.short_side,
+            train=False,
+            num_clips=self.test_clips,
+            num_crops=crops,
+            transform=self.transform,
+        )
+
     def clip_sampler(self) -> ClipSampler:
         return ClipSampler(
             num_frames=self.num_frames,
@@ -155,16 +168,7 @@ def video_plan(sources: list[Source], prep: Preprocessing, *, num_workers: int) 
                     end_s=round((last + 1) / fps, 6),
                 )
             index.append(row)
-    dataset = VideoClipDataset(
-        [(s.path, 0) for s in sources],
-        sampler=sampler,
-        crop_size=prep.crop_size,
-        short_side=prep.short_side,
-        train=False,
-        num_clips=prep.test_clips,
-        num_crops=1,
-        transform=prep.transform,
-    )
+    dataset = prep.clip_dataset([s.path for s in sources])
     columns = ["row", "path", "label", "clip", "start_frame", "end_frame", "start_s", "end_s"]
     shape = (3, prep.num_frames, prep.crop_size, prep.crop_size)
     return Plan(columns, index, np.arange(len(index) + 1), _InputOnly(dataset), shape)

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.video.dataset import VideoClipDataset
 from features.extract import checkpoint_net, resolve_device, resolve_preprocessing
 from features.inputs import Source, list_sources
 from features.plans import Guarded, ImageItems, Preprocessing, collate_items
@@ -82,17 +81,7 @@ def inputs_dataset(kind: str, sources: list[Source], prep: Preprocessing, *, cro
     ``test_clips`` x ``crops`` views each, in order, as eval.py tests them."""
     if kind == "images":
         return ImageItems(sources, image_size=prep.image_size, transform=prep.transform), 1
-    sampler = prep.clip_sampler()
-    dataset = VideoClipDataset(
-        [(s.path, 0) for s in sources],
-        sampler=sampler,
-        crop_size=prep.crop_size,
-        short_side=prep.short_side,
-        train=False,
-        num_clips=prep.test_clips,
-        num_crops=crops,
-        transform=prep.transform,
-    )
+    dataset = prep.clip_dataset([s.path for s in sources], crops=crops)
     return dataset, dataset.views_per_video
 
 

@@ -71,8 +71,14 @@ def test_cached_clips_equal_decoded_clips(folder, sampling):
 
 def test_cache_decodes_each_video_once_and_trains_from_memory(folder, monkeypatch):
     calls = []
-    real = cache.read_all
-    monkeypatch.setattr(cache, "read_all", lambda path, **kw: calls.append(path) or real(path, **kw))
+    real = cache.read_all_with_fps
+
+    def spy(path, **kw):
+        out = real(path, **kw)  # raises for the broken file: only decoded videos are counted
+        calls.append(path)
+        return out
+
+    monkeypatch.setattr(cache, "read_all_with_fps", spy)
     dm = datamodule(folder, in_memory=True, num_workers=0)
     dm.setup()
     assert len(calls) == len(set(calls)) == 6  # each readable video decoded once over all splits

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.in_memory import RAM_FRACTION, available_memory
-from data.video.decode import VideoReader, VideoReadError, read_all
+from data.video.decode import VideoReader, VideoReadError, read_all_with_fps
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,7 @@ class _Decoding(Dataset):
     def __getitem__(self, i: int) -> DecodedVideo:
         path = self.paths[i]
         try:
-            with VideoReader(path) as reader:
-                fps = reader.meta.fps
-            return DecodedVideo(read_all(path, short_side=self.short_side), fps)
+            return DecodedVideo(*read_all_with_fps(path, short_side=self.short_side))
         except VideoReadError as err:
             return DecodedVideo(None, 0.0, str(err))
 

@@ -156,11 +156,17 @@ class VideoReader:
 
 def read_all(path: str | Path, *, short_side: int | None = None) -> np.ndarray:
     """Every frame of ``path`` as ``(N, H, W, 3)`` uint8: the decode-everything baseline and a test oracle."""
+    return read_all_with_fps(path, short_side=short_side)[0]
+
+
+def read_all_with_fps(path: str | Path, *, short_side: int | None = None) -> tuple[np.ndarray, float]:
+    """``read_all`` and the stream's frame rate, from one opening of the file (the decoded-clip cache)."""
     with VideoReader(path, short_side=short_side) as video:
         try:
             frames = [video.rgb(f) for f in video.container.decode(video.stream)]
         except av.error.FFmpegError as err:
             raise VideoReadError(f"cannot decode video {path}: {err}") from err
+        fps = video.meta.fps
     if not frames:
         raise VideoReadError(f"{path} has no video frames")
-    return np.stack(frames)
+    return np.stack(frames), fps
