@@ -43,11 +43,18 @@ class Recipe:
     arid: bool = False  # needs --arid-root (data.root=<arid6>/train is added)
     metric: str = "test/acc"
     note: str = field(default="", compare=False)
+    # Transfer: a CIFAR-10 run (these overrides, seed 0, needs --cifar-root) trained once before the seeds, whose
+    # best.ckpt starts each of them (model.pretrained=<it> model.pretrained_exclude=[head]).
+    pretrain: tuple[str, ...] = ()
 
     def command(self) -> str:
         seeds = ",".join(map(str, self.seeds))
         root = " data.root=DIR" if self.cifar else " data.root=DIR/arid6/train" if self.arid else ""
-        return f"python train.py -m {' '.join(self.overrides)}{root} seed={seeds}".replace("  ", " ")
+        start = " model.pretrained=PRE/checkpoints/best.ckpt model.pretrained_exclude=[head]" if self.pretrain else ""
+        line = f"python train.py -m {' '.join(self.overrides)}{root}{start} seed={seeds}".replace("  ", " ")
+        if self.pretrain:
+            line = f"python train.py {' '.join(self.pretrain)} data.root=CIFAR hydra.run.dir=PRE && " + line
+        return line
 
 
 AIRBENCH = ("experiment=cifar10_airbench94",)
@@ -139,7 +146,13 @@ def run(recipe: Recipe, seed: int, args: argparse.Namespace, run_dir: Path) -> d
         if recipe.arid
         else []
     )
-    train(compose_config(*QUIET, *recipe.overrides, *root, f"seed={seed}", output_dir=run_dir))
+    start = []
+    if recipe.pretrain:
+        pre_dir = run_dir.parent / f"{run_dir.name.rsplit('_seed', 1)[0]}_pretrain"
+        if not (pre_dir / "results.json").is_file():  # once per recipe, before its first seed
+            train(compose_config(*QUIET, *recipe.pretrain, f"data.root={args.cifar_root}", output_dir=pre_dir))
+        start = [f"model.pretrained={pre_dir / 'checkpoints' / 'best.ckpt'}", "model.pretrained_exclude=[head]"]
+    train(compose_config(*QUIET, *recipe.overrides, *root, *start, f"seed={seed}", output_dir=run_dir))
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -178,7 +191,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         for i, recipe in enumerate(recipes):
-            if recipe.cifar and not has_cifar:
+            if (recipe.cifar or recipe.pretrain) and not has_cifar:
                 rows.append([recipe.name, "skipped: no --cifar-root", "", "", ""])
                 continue
             if recipe.arid and args.arid_root is None:

@@ -172,3 +172,39 @@ def test_recipes_skip_the_arid_rows_without_the_clips_and_name_the_command(monke
     with pytest.raises(SystemExit):
         run_bench("recipes", ["--only", "ARID", "--arid-root", str(tmp_path)], monkeypatch, capsys)
     assert "no arid6/train and dev_train.txt" in capsys.readouterr().err
+
+
+def test_a_transfer_recipe_pretrains_once_and_starts_every_seed_from_it(tmp_path):
+    from argparse import Namespace
+
+    import torch
+
+    from bench.recipes import Recipe, run
+    from tests.test_experiments import SHRINK_VIDEO, write_arid6
+
+    write_cifar10(tmp_path / "cifar10", n_per_batch=8, n_test=8)
+    write_arid6(tmp_path / "clips")
+    step = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.num_workers=0"]
+    recipe = Recipe(
+        "transfer",
+        ("experiment=arid6_cnn_gru", *SHRINK_VIDEO, "data.short_side=20", *step),
+        (0, 1),
+        0.0,
+        0.0,
+        arid=True,
+        pretrain=("experiment=cifar10_lenet", "data.val_size=8", "data.batch_size=4", *step),
+    )
+    assert recipe.command().startswith(
+        "python train.py experiment=cifar10_lenet data.val_size=8 data.batch_size=4 trainer.max_epochs=1 "
+    )
+    assert "model.pretrained=PRE/checkpoints/best.ckpt model.pretrained_exclude=[head] seed=0,1" in recipe.command()
+    args = Namespace(cifar_root=tmp_path / "cifar10", arid_root=tmp_path / "clips" / "arid6")
+    out = tmp_path / "runs"
+    results = [run(recipe, seed, args, out / f"3_seed{seed}") for seed in (0, 1)]
+    assert sorted(p.name for p in out.iterdir()) == ["3_pretrain", "3_seed0", "3_seed1"]
+    pre = torch.load(out / "3_pretrain" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    conv = pre["state_dict"]["net.backbone.conv1.0.weight"]
+    for result, seed in zip(results, (0, 1), strict=True):
+        assert f"model.pretrained={out / '3_pretrain' / 'checkpoints' / 'best.ckpt'}" in result["overrides"]
+        assert result["seed"] == seed and 0.0 <= result["test/acc"] <= 1.0
+    assert conv.shape == (6, 3, 5, 5)

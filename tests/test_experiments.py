@@ -71,12 +71,17 @@ EXPERIMENTS = {
         lambda d: write_cifar10(d / "cifar10", n_per_batch=8, n_test=8),
         ["data.val_size=8", "data.batch_size=4", "trainer.accelerator=cpu"],
     ),
+    "cifar10_lenet": (
+        lambda d: write_cifar10(d / "cifar10", n_per_batch=8, n_test=8),
+        ["data.val_size=8", "data.batch_size=4"],
+    ),
     "video_synthetic": (
         lambda d: None,
         ["data.train_per_class=2", "data.val_per_class=1", "data.test_per_class=1", "data.batch_size=4"],
     ),
     "arid6_c3d": (write_arid6, [*SHRINK_VIDEO, "data.short_side=20"]),
     "arid6_cnn_gru": (write_arid6, [*SHRINK_VIDEO, "data.short_side=20"]),
+    "arid6_r3d": (write_arid6, [*SHRINK_VIDEO, "data.short_side=20"]),
     "ucf101_cnn_lstm": (write_ucf101, ["data.num_classes=2", "data.val_size=0.5", *SHRINK_VIDEO]),
     "ucf101_r2plus1d": (write_ucf101, ["data.num_classes=2", "data.val_size=0.5", *SHRINK_VIDEO]),
 }
