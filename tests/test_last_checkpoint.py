@@ -95,3 +95,32 @@ def test_resume_from_last_continues_after_the_final_epoch(run, make_cfg, tmp_pat
 def test_negative_interval_is_refused():
     with pytest.raises(ValueError, match=r"last_every_s=-1 must be >= 0"):
         ModelCheckpoint(last_every_s=-1)
+
+
+def test_a_checkpoint_without_a_newer_metric_state_resumes_one_without_net_weights_does_not(run, make_cfg, tmp_path):
+    """Checkpoints written before train/acc was logged (no train_acc.* state) still resume: torchmetrics fills
+    a missing metric state; a missing net tensor still fails strict loading."""
+    _, ckpts = run("callbacks.model_checkpoint.last_every_s=3600")
+    ckpt = torch.load(ckpts / "last.ckpt", weights_only=True)
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("train_acc.")}
+    old = tmp_path / "old.ckpt"  # as written before train/acc was logged
+    torch.save(ckpt, old)
+
+    def resume(path: Path, name: str) -> None:
+        trainer.run.train(
+            make_cfg(
+                "trainer.max_epochs=5",
+                "trainer.limit_train_batches=2",
+                "test=false",
+                f"ckpt_path={path}",
+                "allow_resume_changes=true",
+                output_dir=tmp_path / name,
+            )  # fmt: skip
+        )
+
+    resume(old, "old")
+    assert torch.load(tmp_path / "old" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    ckpt["state_dict"].pop(next(k for k in ckpt["state_dict"] if k.startswith("net.")))
+    torch.save(ckpt, old)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"net\."):
+        resume(old, "broken")
