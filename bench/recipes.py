@@ -119,6 +119,23 @@ FULL = (
         arid=True,
         pretrain=("experiment=cifar10_lenet",),
     ),
+    Recipe(
+        "ARID-6, R3D-18 on frame differences",
+        ("experiment=arid6_r3d",),
+        (0, 1, 2),
+        0.2195,
+        0.0488,
+        arid=True,
+    ),
+    Recipe(
+        "ARID-6, R3D-18 inflated from a CIFAR-10 ResNet-18",
+        ("experiment=arid6_r3d",),
+        (0, 1, 2),
+        0.2195,
+        0.0244,
+        arid=True,
+        pretrain=("experiment=cifar10_resnet18", "model.backbone.small_input=false", "trainer.max_epochs=4"),
+    ),
 )
 QUICK = (
     Recipe("default: LeNet, digits", (), (0, 1, 2), 0.9814, 0.0057),
