@@ -255,19 +255,12 @@ def test_a_run_dir_that_cannot_be_made_names_the_path_and_the_key(tmp_path, prob
 def test_a_video_checkpoint_given_images_says_it_takes_clips(make_cfg, tmp_path):
     from features.extract import extract
     from tests.test_export import make_checkpoint
+    from tests.test_reliability_outputs import extract_cfg
 
     ckpt = make_checkpoint(tmp_path, "cnn_lstm")  # LeNet per frame + LSTM, on 4-frame clips
     (tmp_path / "images").mkdir()
     Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "images" / "a.png")
-    cfg = make_cfg(
-        f"ckpt_path={ckpt}",
-        f"input={tmp_path / 'images'}",
-        f"output={tmp_path / 'features'}",
-        "num_workers=0",
-        "progress=false",
-        config_name="extract",
-        output_dir=tmp_path / "hydra",
-    )
+    cfg = extract_cfg(make_cfg, tmp_path, ckpt)
     with pytest.raises(
         ValueError, match=r"holds a video model: it takes clips of 4 frames .* holds images\. Give it videos"
     ):
